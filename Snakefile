@@ -1,0 +1,47 @@
+# Loss-function ablation of AV1 partition classifiers: one training job per (loss arm, seed), then paired
+# statistics, tables, figures and an HTML report (`snakemake --report results/report.html`).
+# Configuration: config/config.yaml (defaults: workflow/schemas/config.schema.yaml, docs: config/README.md).
+import os
+import sys
+
+from snakemake.utils import min_version
+
+# The package in src/ is importable here and in every job (plain, SLURM or conda), installed or not.
+sys.path.insert(0, f"{workflow.basedir}/src")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [f"{workflow.basedir}/src", os.environ.get("PYTHONPATH")]))
+
+from lossablation.config import load_config
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+# Validate against workflow/schemas/config.schema.yaml, fill its defaults, check arms/seeds/paths:
+# a bad config stops here, before any job starts, with one line naming the key.
+config.update(load_config(config))
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/stage1.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/report.smk"
+
+
+localrules:
+    all,
+    split,
+    aggregate,
+    figures,
+
+
+rule all:
+    input:
+        tables=aggregate_outputs(),
+        figures=figure_outputs(),
