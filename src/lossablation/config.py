@@ -107,7 +107,7 @@ def _check_semantics(cfg: dict, source: str) -> None:
     for group, members in cfg["classes"].items():
         for name in members:
             if name in owner:
-                raise LossAblationError(f"{source}: classes.{group}: {name} is already in {owner[name]}")
+                raise LossAblationError(f"{source}: classes: {name} is in both {owner[name]} and {group}")
             owner[name] = group
     split = cfg["split"]
     if split["val_fraction"] + split["test_fraction"] >= 0.9:
