@@ -1,16 +1,9 @@
 # Loss-function ablation of AV1 partition classifiers: one training job per (loss arm, seed), then paired
 # statistics, tables, figures and an HTML report (`snakemake --report results/report.html`).
 # Configuration: config/config.yaml (defaults: workflow/schemas/config.schema.yaml, docs: config/README.md).
-import os
-import sys
-
 from snakemake.utils import min_version
 
-# The package in src/ is importable here and in every job (plain, SLURM or conda), installed or not.
-sys.path.insert(0, f"{workflow.basedir}/src")
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [f"{workflow.basedir}/src", os.environ.get("PYTHONPATH")]))
-
-from lossablation.config import load_config
+from lossablation.config import load_config  # the package: `pip install -e .` (README)
 
 min_version("9.0")
 

@@ -20,9 +20,6 @@ rule aggregate:
         f"{R}/logs/aggregate.log",
     benchmark:
         f"{R}/benchmarks/aggregate.tsv"
-    params:
-        runs=f"{R}/runs",
-        out=R,
     conda:
         "../envs/lossablation.yaml"
     script:

@@ -2,6 +2,8 @@
 rule figures:
     input:
         runs=f"{R}/runs.csv",
+        predictions=expand(f"{R}/runs/{{arm}}/seed{{seed}}/predictions.npz", arm=ARMS, seed=SEEDS),
+        histories=expand(f"{R}/runs/{{arm}}/seed{{seed}}/history.csv", arm=ARMS, seed=SEEDS),
     output:
         [
             report(
@@ -28,9 +30,6 @@ rule figures:
         f"{R}/logs/figures.log",
     benchmark:
         f"{R}/benchmarks/figures.tsv"
-    params:
-        runs=f"{R}/runs",
-        out=R,
     conda:
         "../envs/lossablation.yaml"
     script:
