@@ -71,6 +71,7 @@ BAD_CONFIGS = [
     (("baseline",), "nope", ["baseline", "'nope' is not an arm"]),
     (("losses", "poly", "kind"), "hinge", ["losses.poly.kind", "'hinge' is not one of"]),
     (("losses", "poly", "params"), {"gamma": 2.0}, ["losses.poly.params", "unknown parameter 'gamma'"]),
+    (("losses", "poly", "params"), {"epsilon": -2.0}, ["losses.poly.params", "'epsilon'", "-2.0"]),
     (("train", "rebalance"), "oversample", ["train.rebalance"]),
     (("device",), "tpu", ["device"]),
     (("dataset",), "/nonexistent/data.npz", ["dataset", "/nonexistent/data.npz"]),

@@ -233,6 +233,19 @@ def test_finite_at_saturated_fp32_logits(kind, big):
         assert torch.isfinite(loss.per_sample(z, y)).all()
 
 
+@pytest.mark.parametrize("kind, params", [
+    ("focal", {"gamma": 0.5}), ("asymmetric", {"gamma_pos": 0.5, "gamma_neg": 0.5, "clip": 0.05}),
+    ("asymmetric", {"gamma_pos": 0.5, "gamma_neg": 0.5, "clip": 0.0}),
+    ("focal_label_smoothing", {"gamma": 0.5, "epsilon": 0.1}),
+])
+def test_finite_gradients_fractional_gamma(kind, params):
+    # (1-p)^g and max(p - clip, 0)^g with g < 1 have infinite derivatives at 0: naive pow gives NaN.
+    z = torch.tensor([[200.0, -200.0, -200.0], [0.0, 3.0, -200.0], [1.0, 0.0, 0.0]], requires_grad=True)
+    y = torch.tensor([0, 1, 2])
+    make_loss(kind, W, **params)(z, y).backward()
+    assert torch.isfinite(z.grad).all()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_per_sample_non_negative(kind):
     z, y = random_batch(n=512, scale=8.0)

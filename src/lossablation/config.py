@@ -88,7 +88,7 @@ def _check_schema(cfg: dict, source: str) -> None:
 
 
 def _check_semantics(cfg: dict, source: str) -> None:
-    from lossablation.losses import LOSS_PARAMS  # torch import: only once the schema passed
+    from lossablation.losses import check_loss_params  # torch import: only once the schema passed
 
     arms = cfg["losses"]
     if cfg["baseline"] not in arms:
@@ -96,13 +96,10 @@ def _check_semantics(cfg: dict, source: str) -> None:
             f"{source}: baseline: {cfg['baseline']!r} is not an arm of losses (arms: {', '.join(arms)})"
         )
     for arm, spec in arms.items():
-        valid = LOSS_PARAMS[spec["kind"]]
-        for param in spec.get("params", {}):
-            if param not in valid:
-                raise LossAblationError(
-                    f"{source}: losses.{arm}.params: unknown parameter {param!r} for kind "
-                    f"{spec['kind']!r} (valid: {', '.join(valid) or 'none'})"
-                )
+        try:
+            check_loss_params(spec["kind"], spec.get("params"), key=f"losses.{arm}.params")
+        except LossAblationError as exc:
+            raise LossAblationError(f"{source}: {exc}") from None
     owner: dict[str, str] = {}
     for group, members in cfg["classes"].items():
         for name in members:

@@ -200,7 +200,7 @@ def asymmetric(
             neg_focus = torch.exp(gamma_neg * logp)
         pos_focus = torch.exp(gamma_pos * log1mp)
         if detach_focusing:
-            pass
+            pos_focus, neg_focus = pos_focus.detach(), neg_focus.detach()
         terms = torch.where(pos, pos_focus * logp, neg_focus * log1m_pm)
         return -terms.sum(dim=-1)
 
