@@ -36,5 +36,4 @@ localrules:
 
 rule all:
     input:
-        tables=aggregate_outputs(),
-        figures=figure_outputs(),
+        results_files(OUTPUTS),

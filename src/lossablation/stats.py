@@ -28,6 +28,9 @@ import pandas as pd
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
+# Imported here so that its module-level warnings.simplefilter("always", ConvergenceWarning) runs once now, not
+# lazily inside solve_power where it would override the catch_warnings() below.
+import statsmodels.tools.sm_exceptions  # noqa: F401,E402
 
 #: Decimal places the differences are rounded to before the signed-rank test and the win/tie/loss count.
 ROUND_DECIMALS = 6

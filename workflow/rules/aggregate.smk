@@ -3,19 +3,10 @@ rule aggregate:
     input:
         run_metrics(),
     output:
-        runs=f"{R}/runs.csv",
-        verdicts=f"{R}/verdicts.md",
-        tables=[
-            report(
-                f"{R}/tables/{table}.{ext}",
-                caption=f"../report/{table}.rst",
-                category="Tables",
-                subcategory=table,
-                labels={"table": table, "format": ext},
-            )
-            for table in TABLES
-            for ext in TABLE_FORMATS
-        ],
+        runs=report(f"{R}/runs.csv", caption="../report/runs.rst", category="Data"),
+        paired=report(f"{R}/paired_tests.csv", caption="../report/paired_tests.rst", category="Statistics"),
+        verdicts=report(f"{R}/verdicts.md", caption="../report/verdicts.rst", category="Statistics"),
+        tables=reported(TABLES, "Tables", (".html",)),
     log:
         f"{R}/logs/aggregate.log",
     benchmark:

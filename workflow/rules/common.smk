@@ -1,13 +1,14 @@
 # Paths and input functions shared by the rules (no training logic here: that lives in src/lossablation).
+from lossablation.aggregate import output_files
 from lossablation.config import training_device
 
 R = config["results"]
 ARMS = list(config["losses"])
 SEEDS = [int(s) for s in config["seeds"]]
+# Every file the aggregation writes, keyed by the caption (workflow/report/<key>.rst) that describes it.
+OUTPUTS = output_files(ARMS)
 TABLES = ["table1_overall", "table2_per_class", "table3_calibration"]
-TABLE_FORMATS = ["md", "csv", "tex"]
-FIGURES = ["fig1_per_seed_f1", "fig2_paired_diffs", "fig4_reliability", "fig5_confidence", "fig6_learning_curves"]
-FIGURE_FORMATS = ["png", "pdf"]
+FIGURES = [key for key in OUTPUTS if key.startswith("fig")]
 # `device: auto` resolves on the machine running snakemake; on a cluster set `device: cuda` explicitly.
 USES_GPU = training_device(config).startswith("cuda")
 
@@ -26,11 +27,17 @@ def run_metrics():
     return expand(f"{R}/runs/{{arm}}/seed{{seed}}/metrics.json", arm=ARMS, seed=SEEDS)
 
 
-def aggregate_outputs():
-    return expand(f"{R}/tables/{{table}}.{{ext}}", table=TABLES, ext=TABLE_FORMATS)
+def results_files(keys):
+    return [f"{R}/{name}" for key in keys for name in OUTPUTS[key]]
 
 
-def figure_outputs():
-    return expand(f"{R}/figures/{{fig}}.{{ext}}", fig=FIGURES, ext=FIGURE_FORMATS) + expand(
-        f"{R}/figures/fig3_confusion_{{arm}}.{{ext}}", arm=ARMS, ext=FIGURE_FORMATS
-    )
+def reported(keys, category, shown_suffixes):
+    """Outputs of ``keys``; those with a shown suffix go into the HTML report with their caption."""
+    files = []
+    for key in keys:
+        for name in OUTPUTS[key]:
+            path = f"{R}/{name}"
+            if name.endswith(shown_suffixes):
+                path = report(path, caption=f"../report/{key}.rst", category=category, subcategory=key)
+            files.append(path)
+    return files

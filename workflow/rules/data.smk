@@ -16,3 +16,29 @@ rule split:
         "../envs/lossablation.yaml"
     script:
         "../scripts/split.py"
+
+
+import os
+
+
+# On demand only (not part of `rule all`): `snakemake --cores 2 make_dataset` rebuilds the demo dataset from
+# scikit-image's bundled images with the settings of resources/demo/README.md (byte-identical to
+# resources/demo/av1_demo.npz on Debian 12). Point `dataset:` at the output to use it. The AV1 tools are
+# prepared once into the cache (env LOSSABLATION_AOM_CACHE, default ~/.cache/lossablation/aom).
+rule make_dataset:
+    output:
+        f"{R}/data/made/skimage.npz",
+    params:
+        inputs=["skimage"],
+        cq=[16, 28, 40, 52],
+        cpu_used=4,
+        cache=os.path.expanduser(os.environ.get("LOSSABLATION_AOM_CACHE", "~/.cache/lossablation/aom")),
+        max_frames=None,
+        variants=["orig"],
+    log:
+        f"{R}/logs/make_dataset.log",
+    threads: workflow.cores
+    conda:
+        "../envs/lossablation.yaml"
+    script:
+        "../scripts/make_dataset.py"

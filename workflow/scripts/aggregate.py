@@ -6,4 +6,4 @@ from lossablation.jobs import run_job
 
 runs_dir = str(Path(snakemake.input[0]).parents[2])  # <results>/runs/<arm>/seed<seed>/metrics.json
 out_dir = str(Path(snakemake.output.runs).parent)
-run_job(snakemake, lambda: aggregate_main(snakemake.config, runs_dir, out_dir))
+run_job(snakemake, lambda: aggregate_main(snakemake.config, runs_dir, out_dir, make_figures=False))
