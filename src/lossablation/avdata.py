@@ -239,3 +239,269 @@ def prepare_tools(cache_dir: str | os.PathLike, log: Callable[[str], None] | Non
     info = json.loads((cache / "tools.json").read_text()) if (cache / "tools.json").exists() else {}
     info["aomenc"] = aomenc_version(aomenc)
     return Tools(aomenc=aomenc, inspect=inspect, info=info)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. inputs -> luma clips
+@dataclass
+class Clip:
+    """Frames (T, H, W) uint8 luma, H and W multiples of 16, encoded as one stream."""
+
+    source: str
+    variant: str
+    frames: np.ndarray
+
+
+def luma_u8(image: np.ndarray, where: str) -> np.ndarray:
+    """8-bit luma (BT.601 weights on RGB; grey images as they are), values rounded."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[..., :3]
+    if img.ndim == 3 and img.shape[2] == 3:
+        rgb = img.astype(np.float64)
+        if img.dtype.kind == "f":
+            rgb = rgb * 255.0
+        elif img.dtype == np.uint16:
+            rgb = rgb / 257.0
+        y = rgb @ np.array([0.299, 0.587, 0.114])
+    elif img.ndim == 2:
+        y = img.astype(np.float64)
+        if img.dtype.kind == "f":
+            y = y * 255.0
+        elif img.dtype == np.uint16:
+            y = y / 257.0
+        elif img.dtype == bool:
+            y = y * 255.0
+    else:
+        raise LossAblationError(f"{where}: expected a grey or RGB image, got shape {img.shape}")
+    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
+
+
+def crop16(frames: np.ndarray, where: str) -> np.ndarray:
+    """Crop (…, H, W) to multiples of 16 (top-left kept): edge blocks would have forced partitions."""
+    h, w = (frames.shape[-2] // 16) * 16, (frames.shape[-1] // 16) * 16
+    if h < 32 or w < 32:
+        raise LossAblationError(f"{where}: frame {frames.shape[-2]}x{frames.shape[-1]} is smaller than 32x32")
+    return np.ascontiguousarray(frames[..., :h, :w])
+
+
+def read_y4m(path: Path, max_frames: int | None = None) -> np.ndarray:
+    """Luma planes (T, H, W) of an 8-bit 4:2:0 / 4:4:4 / mono Y4M file."""
+    where = str(path)
+    with open(path, "rb") as handle:
+        header = handle.readline()
+        if not header.startswith(b"YUV4MPEG2"):
+            raise LossAblationError(f"{where}: not a YUV4MPEG2 file")
+        params = {tok[:1]: tok[1:] for tok in header.split()[1:]}
+        w, h = int(params[b"W"]), int(params[b"H"])
+        colour = params.get(b"C", b"420jpeg").decode()
+        if colour.startswith("420"):
+            chroma = 2 * ((w + 1) // 2) * ((h + 1) // 2)
+        elif colour == "444":
+            chroma = 2 * w * h
+        elif colour == "mono":
+            chroma = 0
+        else:
+            raise LossAblationError(f"{where}: Y4M colour space {colour} not supported (8-bit 420/444/mono)")
+        frames = []
+        while max_frames is None or len(frames) < max_frames:
+            line = handle.readline()
+            if not line:
+                break
+            if not line.startswith(b"FRAME"):
+                raise LossAblationError(f"{where}: frame {len(frames)}: missing FRAME marker")
+            data = handle.read(w * h + chroma)
+            if len(data) < w * h + chroma:
+                raise LossAblationError(f"{where}: frame {len(frames)} is truncated")
+            frames.append(np.frombuffer(data[:w * h], dtype=np.uint8).reshape(h, w))
+    if not frames:
+        raise LossAblationError(f"{where}: no frames")
+    return np.stack(frames)
+
+
+def read_video(path: Path, max_frames: int | None) -> np.ndarray:
+    """Luma frames of a video: Y4M natively, anything else through PyAV when it is installed."""
+    if path.suffix.lower() == ".y4m":
+        return read_y4m(path, max_frames)
+    try:
+        import av  # optional
+    except ImportError:
+        raise LossAblationError(f"{path}: reading this video needs PyAV (pip install av), or convert it to .y4m "
+                                "(ffmpeg -i IN -pix_fmt yuv420p OUT.y4m)") from None
+    frames = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="gray"))
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+    if not frames:
+        raise LossAblationError(f"{path}: no video frames")
+    return np.stack(frames)
+
+
+VIDEO_SUFFIXES = {".y4m", ".mp4", ".mkv", ".webm", ".avi", ".mov", ".ivf"}
+
+
+def load_clips(inputs: Sequence[str], variants: Sequence[str], max_frames: int | None) -> list[Clip]:
+    """Each input -> clips (one per image variant; a video is one clip). 'skimage' expands to the bundled images."""
+    for v in variants:
+        if v not in VARIANTS:
+            raise LossAblationError(f"--variants: unknown variant {v!r} (valid: {', '.join(VARIANTS)})")
+    clips: list[Clip] = []
+    names: set[str] = set()
+    for item in inputs:
+        if item == "skimage":
+            import skimage.data
+
+            images = [(name, _skimage_image(name), f"skimage.data.{name}") for name in SKIMAGE_IMAGES]
+        else:
+            path = Path(item)
+            if not path.is_file():
+                raise LossAblationError(f"{item}: no such input file")
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                frames = crop16(read_video(path, max_frames), item)
+                name = _unique(path.stem, names)
+                clips.append(Clip(name, "video", frames))
+                continue
+            import skimage.io
+
+            try:
+                img = skimage.io.imread(path)
+            except Exception as exc:
+                raise LossAblationError(f"{item}: cannot read image ({str(exc).splitlines()[0][:100]})") from None
+            images = [(path.stem, img, item)]
+        for name, img, where in images:
+            name = _unique(name, names)
+            y = luma_u8(img, where)
+            for v in variants:
+                clips.append(Clip(name, v, crop16(VARIANTS[v](y)[None], where)))
+    return clips
+
+
+def _skimage_image(name: str) -> np.ndarray:
+    """A bundled scikit-image image (stereo_motorcycle returns a (left, right, disparity) tuple: take left)."""
+    import skimage.data
+
+    img = getattr(skimage.data, name)()
+    return img[0] if isinstance(img, tuple) else img
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    base, k = name, 2
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. encode, inspect, label
+def write_y4m(path: Path, frames: np.ndarray) -> None:
+    """4:2:0 Y4M with the given luma and neutral chroma (the labels are luma partitions)."""
+    t, h, w = frames.shape
+    chroma = bytes([128]) * (2 * (h // 2) * (w // 2))
+    with open(path, "wb") as handle:
+        handle.write(f"YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            handle.write(b"FRAME\n")
+            handle.write(np.ascontiguousarray(frame).tobytes())
+            handle.write(chroma)
+
+
+def encoder_args(cq: int, cpu_used: int) -> list[str]:
+    return ["--ivf", "--good", "--passes=1", "--end-usage=q", f"--cq-level={cq}", f"--cpu-used={cpu_used}",
+            "--lag-in-frames=0", "--threads=1"]
+
+
+def inspect_block_sizes(tools: Tools, ivf: Path, where: str) -> list[dict]:
+    """Shown frames of ``inspect -bs``: dicts with ``blockSize`` (np array), ``baseQIndex``, ``frame``."""
+    out = _run([tools.inspect, ivf, "-bs"], f"{where}: inspect")
+    try:
+        frames = [f for f in json.loads(out) if f is not None]
+    except json.JSONDecodeError as exc:
+        raise LossAblationError(f"{where}: inspect printed no valid JSON ({exc})") from None
+    return [f for f in frames if f.get("showFrame", 1)]
+
+
+def encode_and_label(tools: Tools, clip: Clip, cq: int, cpu_used: int, workdir: Path) -> dict[str, np.ndarray]:
+    """Encode one clip at one cq level; return per-block arrays for every 16x16 node of every frame."""
+    where = f"{clip.source}/{clip.variant}/cq{cq}"
+    stem = f"{clip.source}-{clip.variant}-cq{cq}"
+    y4m, ivf = workdir / f"{stem}.y4m", workdir / f"{stem}.ivf"
+    write_y4m(y4m, clip.frames)
+    t, h, w = clip.frames.shape
+    _run([tools.aomenc, *encoder_args(cq, cpu_used), f"--limit={t}", "-o", ivf, y4m], f"{where}: aomenc")
+    frames = inspect_block_sizes(tools, ivf, where)
+    if len(frames) != t:
+        raise LossAblationError(f"{where}: decoded {len(frames)} shown frames for {t} source frames")
+    out: dict[str, list] = {k: [] for k in ("blocks", "partition", "qindex", "frame", "position")}
+    for k, info in enumerate(frames):
+        bsize = np.asarray(info["blockSize"], dtype=np.int64)
+        if bsize.shape[0] < h // 4 or bsize.shape[1] < w // 4:
+            raise LossAblationError(f"{where}: frame {k}: block-size map {bsize.shape} smaller than the frame")
+        labels = derive_partition_labels(bsize[:h // 4, :w // 4], f"{where}: frame {k}")
+        rows, cols = np.nonzero(labels >= 0)
+        luma = clip.frames[k]
+        tiles = luma.reshape(h // 16, 16, w // 16, 16).transpose(0, 2, 1, 3)
+        out["blocks"].append(tiles[rows, cols][:, None])
+        out["partition"].append(labels[rows, cols])
+        out["qindex"].append(np.full(rows.shape[0], int(info["baseQIndex"])))
+        out["frame"].append(np.full(rows.shape[0], k))
+        out["position"].append(np.stack([rows * 16, cols * 16], axis=1))
+    os.unlink(y4m)
+    os.unlink(ivf)
+    return {key: np.concatenate(val) for key, val in out.items()}
+
+
+def make_dataset(inputs: Sequence[str], out: str | os.PathLike, cq_levels: Sequence[int] = (16, 28, 40, 52),
+                 cpu_used: int = 4, cache: str | os.PathLike = "~/.cache/lossablation/aom",
+                 max_frames: int | None = None, variants: Sequence[str] = ("orig",), jobs: int | None = None,
+                 log: Callable[[str], None] | None = None) -> dict:
+    """Encode every input at every cq level, label the 16x16 nodes, write one npz. Returns a summary dict."""
+    from .data import PARTITION_NAMES, BlockSet, save_npz
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if not inputs:
+        raise LossAblationError("make-dataset: no inputs")
+    for cq in cq_levels:
+        if not 0 <= int(cq) <= 63:
+            raise LossAblationError(f"--cq: {cq} outside 0..63")
+    if not -1 <= cpu_used <= 9:
+        raise LossAblationError(f"--cpu-used: {cpu_used} outside 0..9")
+    if max_frames is not None and max_frames < 1:
+        raise LossAblationError(f"--max-frames: {max_frames} must be at least 1")
+    if Path(out).suffix != ".npz":
+        raise LossAblationError(f"{out}: the output must end in .npz")
+    tools = prepare_tools(cache, log)
+    clips = load_clips(inputs, variants, max_frames)
+    source_names = list(dict.fromkeys(c.source for c in clips))
+    variant_names = list(dict.fromkeys(c.variant for c in clips))
+    tasks = [(clip, int(cq)) for clip in clips for cq in cq_levels]
+    log(f"encoding {len(clips)} clip(s) x {len(cq_levels)} cq level(s) = {len(tasks)} encodes")
+    with tempfile.TemporaryDirectory(prefix="lossablation-aom-") as tmp:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+            results = list(pool.map(lambda task: encode_and_label(tools, task[0], task[1], cpu_used, Path(tmp)),
+                                    tasks))
+    parts = {key: np.concatenate([r[key] for r in results]) for key in results[0]}
+    n_per_task = [r["partition"].shape[0] for r in results]
+    source = np.repeat([source_names.index(c.source) for c, _ in tasks], n_per_task)
+    variant = np.repeat([variant_names.index(c.variant) for c, _ in tasks], n_per_task)
+    cq = np.repeat([q for _, q in tasks], n_per_task)
+    encoder = {
+        "tool": "aomenc", "version": tools.info.get("aomenc"), "args": [a for a in encoder_args(0, cpu_used) if not a.startswith("--cq-level")],
+        "cq_levels": [int(q) for q in cq_levels],
+        "cpu_used": cpu_used, "input": "8-bit luma (BT.601 weights), neutral 4:2:0 chroma, cropped to x16",
+        "variants": list(variants), "inspect": {k: tools.info.get(k) for k in ("aom_source", "inspect_sha256")},
+        "labels": "16x16 partition nodes from the inspect -bs block-size map (reference rules)",
+        "inputs": list(inputs), "max_frames": max_frames,
+    }
+    ds = BlockSet(blocks=parts["blocks"].astype(np.uint8), partition=parts["partition"], bit_depth=8,
+                  source=source, source_names=tuple(source_names), qindex=parts["qindex"], cq=cq,
+                  frame=parts["frame"], position=parts["position"], variant=variant,
+                  variant_names=tuple(variant_names))
+    save_npz(out, ds, encoder)
+    counts = np.bincount(ds.partition, minlength=len(PARTITION_NAMES))
+    summary = {"out": str(out), "n_blocks": len(ds), "n_sources": len(source_names), "encodes": len(tasks),
+               "partition_counts": dict(zip(PARTITION_NAMES, map(int, counts))), "encoder": encoder}
+    log(f"wrote {out}: {len(ds)} blocks from {len(source_names)} source(s)")
+    return summary

@@ -80,12 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_describe_data)
 
     p = sub.add_parser("make-dataset", help="encode images/videos with libaom and write an npz of 16x16 labels")
-    p.add_argument("inputs", nargs="+", help="image or video files, or 'skimage' for scikit-image's bundled images")
-    p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument("--cq", type=int, nargs="+", default=[16, 28, 40, 52], help="aomenc --cq-level values")
-    p.add_argument("--cpu-used", dest="cpu_used", type=int, default=4)
-    p.add_argument("--cache", default=None, help="tools cache folder (default ~/.cache/lossablation/aom)")
-    p.add_argument("--max-frames", dest="max_frames", type=int, default=8, help="frames per video")
+    from lossablation.commands_data import add_make_dataset_arguments
+
+    add_make_dataset_arguments(p)
     p.set_defaults(func=_cmd_make_dataset)
 
     p = sub.add_parser("split", help="write the sweep's train/val/test split for audit")
