@@ -34,10 +34,10 @@ def _hold(n, queue, release, timeout=10.0, cuda_env=None):
         queue.put(("error", str(exc)))
 
 
-def _crash_holding(n, queue):
-    """Child: take a slot, report it, then die by SIGKILL without leaving the with-block."""
+def _crash_holding(n, conn):
+    """Child: take a slot, report it (synchronously, over a pipe), then die by SIGKILL inside the with-block."""
     with acquire_gpu_slot(n, timeout=5, poll_s=0.05) as slot:
-        queue.put(slot)
+        conn.send(slot)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -91,9 +91,9 @@ def test_wait_gives_up_after_timeout_naming_the_lock_folder(tmp_path):
 
 
 def test_crashed_holder_releases_its_slot():
-    queue = CTX.Queue()
-    proc = _start(_crash_holding, 1, queue)
-    assert queue.get(timeout=10) == "0"
+    parent_end, child_end = CTX.Pipe()
+    proc = _start(_crash_holding, 1, child_end)
+    assert parent_end.poll(10) and parent_end.recv() == "0"
     proc.join(10)
     assert proc.exitcode == -signal.SIGKILL
     with acquire_gpu_slot(1, timeout=2, poll_s=0.05) as slot:

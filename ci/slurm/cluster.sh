@@ -90,7 +90,15 @@ start_detached() {  # start_detached NAME LOGFILE CMD...: setsid'd daemon in the
     # A background child of this (non-interactive) shell is not a process-group leader, so setsid (and
     # setpriv) exec in place and $! is the daemon's own PID.
     setsid "$@" </dev/null >>"$logfile" 2>&1 &
-    echo $! >"$STATE/pids/$name.pid"
+    local pid=$! i
+    echo "$pid" >"$STATE/pids/$name.pid"
+    # until the exec chain (setsid [setpriv]) reaches the daemon, /proc/PID/comm names the wrapper
+    for i in $(seq 1 50); do
+        pid_alive "$name" && return 0
+        [ -d "/proc/$pid" ] || break
+        sleep 0.1
+    done
+    die "$name did not start; $(tail -n 20 "$logfile" 2>/dev/null)"
 }
 
 start_munge() {

@@ -28,22 +28,19 @@ def _log_to(path: str | None):
     return stack
 
 
-def _uses_cuda(config: dict) -> bool:
-    device = str(config.get("device", "auto"))
-    if device.startswith("cuda"):
-        return True
-    if device == "auto":
-        import torch
+def _limit_threads(threads: int) -> None:
+    """Use the cores Snakemake gave this job, no more (two 2-thread jobs on 2 cores would oversubscribe)."""
+    import torch
 
-        return torch.cuda.is_available()
-    return False
+    torch.set_num_threads(max(1, int(threads)))
 
 
 def run_job(snakemake, step: Callable[[], object], gpu: bool = False) -> None:
     """Run ``step()`` with the job's log attached; exit 1 with one line on failure.
 
-    ``gpu=True`` pins the job to a free local GPU slot when the config's device is CUDA and the job does not
-    already run inside a SLURM allocation (SLURM sets CUDA_VISIBLE_DEVICES itself).
+    ``gpu=True`` pins the job to a free local GPU slot when its rule requested one (``resources: gpu``) and the
+    job does not already run inside a SLURM allocation (SLURM sets CUDA_VISIBLE_DEVICES itself). The decision
+    must not touch CUDA: once CUDA is initialised, CUDA_VISIBLE_DEVICES no longer has any effect.
     """
     log_path = snakemake.log[0] if len(snakemake.log) else None
     with _log_to(log_path):
@@ -51,7 +48,8 @@ def run_job(snakemake, step: Callable[[], object], gpu: bool = False) -> None:
             level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s", force=True
         )
         try:
-            if gpu and _uses_cuda(snakemake.config):
+            _limit_threads(snakemake.threads)
+            if gpu and int(snakemake.resources.get("gpu", 0)) > 0:
                 from lossablation.gpuslots import acquire_gpu_slot
 
                 with acquire_gpu_slot():

@@ -37,7 +37,7 @@ rule make_dataset:
         variants=["orig"],
     log:
         f"{R}/logs/make_dataset.log",
-    threads: workflow.cores
+    threads: 2
     conda:
         "../envs/lossablation.yaml"
     script:

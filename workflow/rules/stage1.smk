@@ -16,12 +16,12 @@ if not config["stage1_checkpoint"]:
         params:
             stage1=config["stage1"],
             model=config["model"],
-        threads: config["resources"]["train_cpus"]
+        threads: config["resources"]["stage1_cpus"]
         resources:
             gpu=1 if USES_GPU else 0,
-            runtime=config["resources"]["stage1_runtime_min"],
+            runtime=lambda wildcards, attempt: config["resources"]["stage1_runtime_min"] * attempt,
             mem_mb=config["resources"]["stage1_mem_mb"],
-            cpus_per_task=config["resources"]["train_cpus"],
+            cpus_per_task=config["resources"]["stage1_cpus"],
         conda:
             "../envs/lossablation.yaml"
         script:

@@ -20,7 +20,7 @@ rule train:
     threads: config["resources"]["train_cpus"]
     resources:
         gpu=1 if USES_GPU else 0,
-        runtime=config["resources"]["train_runtime_min"],
+        runtime=lambda wildcards, attempt: config["resources"]["train_runtime_min"] * attempt,
         mem_mb=config["resources"]["train_mem_mb"],
         cpus_per_task=config["resources"]["train_cpus"],
     conda:
