@@ -81,8 +81,17 @@ class FrozenBasicBlock(nn.Module):
         if block.downsample is not None:
             self.downsample = FrozenConvBN(block.downsample[0], block.downsample[1], in_hw)
         self.flat_input = in_hw == (1, 1)
+        self.merged = self.flat_input and self.downsample is not None
+        if self.merged:  # conv1 and downsample read the same (N, C) input: one matmul for both
+            self.register_buffer("merged_weight", torch.cat([self.conv1.weight, self.downsample.weight]))
+            self.register_buffer("merged_bias", torch.cat([self.conv1.bias, self.downsample.bias]))
+            self.split = self.conv1.weight.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            both = F.linear(x, self.merged_weight, self.merged_bias)
+            out = self.conv2(F.relu(both[:, :self.split]))
+            return F.relu(out + both[:, self.split:])
         out = self.conv2(F.relu(self.conv1(x)))
         if self.downsample is not None:
             identity = self.downsample(x)

@@ -96,3 +96,17 @@ def sha256_json(obj: Any) -> str:
     """Hash of a JSON-able object with sorted keys (used for config hashes)."""
     text = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``path`` (and parents) or fail with one line naming it, before any work starts."""
+    from lossablation.errors import LossAblationError
+
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise LossAblationError(f"{folder}: cannot write the {what} here ({exc.strerror or exc})") from None
+    return folder

@@ -1,0 +1,203 @@
+"""Stage-2 training throughput: a typical research loop vs our trainer's step, in one process.
+
+Reference loop: DataLoader over a TensorDataset of images (shuffle), the plain module forward through the
+whole frozen backbone, a per-batch ``loss.item()`` and ``.cpu()`` of the predictions (as research code does).
+Ours: ``lossablation.training.train_steps`` on the resident h3 features with the exact fast path
+(``lossablation.fastpath``): the frozen prefix is computed once (its cost is reported separately).
+
+Data: resources/demo/av1_demo.npz (the Stage-2 blocks of its training split) when present, else synthetic
+v7-shaped data (20,000 blocks). Prints samples/s of both loops, peak memory and a last line ``speedup: X.XX``.
+
+    PYTHONPATH=src python benchmarks/train_throughput.py [--steps 150] [--batch-size 128] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from lossablation.fastpath import FastStage2, compute_h3  # noqa: E402
+from lossablation.losses import build_arm_loss  # noqa: E402
+from lossablation.models import build_stage2_model  # noqa: E402
+from lossablation.training import batch_slices, set_determinism, train_steps  # noqa: E402
+
+DEMO = ROOT / "resources" / "demo" / "av1_demo.npz"
+
+
+def load_data(n_synthetic: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    if DEMO.exists():
+        from lossablation.data import make_splits, stage2_targets
+
+        splits = make_splits({"dataset": str(DEMO), "split": {"seed": 0, "val_fraction": 0.15, "test_fraction": 0.15}})
+        y = stage2_targets(splits.train.partition)
+        keep = y >= 0
+        return splits.train.x[keep], y[keep], f"{DEMO.name} (Stage-2 train blocks)"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 1024, (n_synthetic, 1, 16, 16), generator=g).float() / 1023
+    y = torch.randint(0, 3, (n_synthetic,), generator=g)
+    return x, y, f"synthetic v7-shaped ({n_synthetic} blocks)"
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_run(device: torch.device, counts: list[int], fused: bool = False):
+    torch.manual_seed(0)
+    model = build_stage2_model(None).to(device)
+    loss_fn = build_arm_loss({"kind": "focal", "params": {"gamma": 2.0}}, counts, 0.9999, "loss_weights").to(device)
+    optimizer = torch.optim.AdamW([{"params": list(model.adapters.parameters()), "lr": 1e-3},
+                                   {"params": list(model.head.parameters()), "lr": 1e-4}], weight_decay=0.01,
+                                  fused=fused)
+    return model, loss_fn, optimizer
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reference_loop(x, y, device, batch_size, steps, counts) -> float:
+    """Typical research code: DataLoader, full forward, per-batch .item() and .cpu()."""
+    model, loss_fn, optimizer = make_run(device, counts)
+    model.train()
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(0), drop_last=True)
+    losses, preds, done, warm = [], [], 0, 5
+    t0 = None
+    while done < steps + warm:
+        for xb, yb in loader:
+            if done == warm:
+                sync(device)
+                t0 = time.perf_counter()
+            xb, yb = xb.to(device), yb.to(device)
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            preds.append(logits.argmax(1).cpu())
+            done += 1
+            if done == steps + warm:
+                break
+    sync(device)
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def our_loop(x, y, device, batch_size, steps, counts, eval_batch_size=8192) -> tuple[float, float]:
+    """Our trainer's step (train_steps on resident h3 via the fast path); returns (samples/s, prefix seconds)."""
+    model, loss_fn, optimizer = make_run(device, counts, fused=True)   # as in training.train_stage2
+    sync(device)
+    t = time.perf_counter()
+    h3 = compute_h3(model, x.to(device), eval_batch_size)
+    yd = y.to(device)
+    sync(device)
+    prefix_s = time.perf_counter() - t
+    fast = FastStage2(model).to(device)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+
+    def batches(n_steps: int) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        while len(out) < n_steps:
+            out += batch_slices(torch.randperm(x.shape[0], generator=gen).to(device), batch_size)[:-1]
+        return out[:n_steps]
+
+    loss, _ = train_steps(fast, loss_fn, optimizer, h3, yd, batches(5), device)   # warm-up
+    loss.item()
+    todo = batches(steps)
+    sync(device)
+    t0 = time.perf_counter()
+    loss, finite = train_steps(fast, loss_fn, optimizer, h3, yd, todo, device)
+    loss.item(), finite.item()   # the one host sync per pass
+    return steps * batch_size / (time.perf_counter() - t0), prefix_s
+
+
+def stage1_throughput(x, device, batch_size, steps, channels_last) -> float:
+    """Stage-1 training samples/s (whole backbone + binary head) with our step loop."""
+    import torch.nn.functional as F
+
+    from lossablation.models import Stage1Model
+
+    torch.manual_seed(0)
+    model = Stage1Model().to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4, fused=True)
+    xd = x.to(device)
+    yd = torch.randint(0, 2, (x.shape[0],), generator=torch.Generator().manual_seed(0)).to(device)
+    prepare = (lambda xb: xb.contiguous(memory_format=torch.channels_last)) if channels_last else None
+    gen = torch.Generator().manual_seed(0)
+    batches = batch_slices(torch.randperm(x.shape[0], generator=gen).to(device), batch_size)
+    model.train()
+    train_steps(model, F.cross_entropy, optimizer, xd, yd, batches[:3], device, prepare=prepare)[0].item()
+    sync(device)
+    t0 = time.perf_counter()
+    train_steps(model, F.cross_entropy, optimizer, xd, yd, batches[3:3 + steps], device, prepare=prepare)[0].item()
+    sync(device)
+    return min(steps, len(batches) - 3) * batch_size / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--synthetic-blocks", type=int, default=20_000)
+    ap.add_argument("--stage1-steps", type=int, default=0, help="also time Stage-1 steps (batch 256)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    set_determinism(True)
+    x, y, source = load_data(args.synthetic_blocks)
+    counts = torch.bincount(y, minlength=3).tolist()
+    print(f"data: {source}: {x.shape[0]} blocks, classes {counts}; device {device}, "
+          f"{torch.get_num_threads()} threads; batch {args.batch_size}, {args.steps} timed steps")
+
+    rss0 = peak_rss_mib()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    ref = reference_loop(x, y, device, args.batch_size, args.steps, counts)
+    rss1 = peak_rss_mib()
+    gpu_ref = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    ours, prefix_s = our_loop(x, y, device, args.batch_size, args.steps, counts)
+    rss2 = peak_rss_mib()
+    gpu_ours = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+    print(f"reference loop (DataLoader, full forward, per-batch .item()/.cpu()): {ref:,.0f} samples/s")
+    print(f"our trainer step (resident h3, exact fast path, one sync per pass):  {ours:,.0f} samples/s")
+    print(f"our one-off frozen-prefix pass over {x.shape[0]} blocks: {prefix_s:.2f} s "
+          f"({x.shape[0] / prefix_s:,.0f} blocks/s)")
+    epoch_ref = x.shape[0] / ref
+    epoch_ours = x.shape[0] / ours
+    print(f"one epoch over these blocks: reference {epoch_ref:.1f} s, ours {epoch_ours:.2f} s "
+          f"(+{prefix_s:.2f} s once per run)")
+    print(f"peak RSS: start {rss0:.0f} MiB, after reference {rss1:.0f} MiB (+{rss1 - rss0:.0f}), "
+          f"after ours {rss2:.0f} MiB (+{rss2 - rss1:.0f})")
+    if gpu_ref is not None:
+        print(f"peak GPU memory: reference {gpu_ref:.0f} MiB, ours {gpu_ours:.0f} MiB")
+    if args.stage1_steps:
+        for cl in (False, True):
+            s1 = stage1_throughput(x, device, 256, args.stage1_steps, cl)
+            print(f"stage 1 training (channels_last={cl}): {s1:,.0f} samples/s; "
+                  f"20,000-block epoch {20_000 / s1:.1f} s")
+    print(f"speedup: {ours / ref:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
