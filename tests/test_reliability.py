@@ -167,6 +167,15 @@ def job_counts(output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
 
 
+def completed_runs(workdir: Path) -> list[str]:
+    """Runs whose job Snakemake recorded as complete (its metadata names each finished output, base64)."""
+    import base64
+
+    folder = workdir / ".snakemake" / "metadata"
+    names = [base64.urlsafe_b64decode(p.name).decode() for p in folder.glob("*")] if folder.is_dir() else []
+    return [n for n in names if n.endswith("metrics.json") and "/runs/" in n]
+
+
 def sweep_config(tiny_npz, stage1, folder: Path, **overrides) -> Path:
     cfg = tiny_sweep_config(tiny_npz, folder / "results", seeds=(1, 2, 3))
     cfg["stage1_checkpoint"] = str(stage1)
@@ -190,12 +199,15 @@ def test_killed_sweep_reruns_only_missing_jobs_and_gives_the_same_tables(tiny_np
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 600
-    while time.time() < deadline and len(list(runs.glob("*/seed*/metrics.json"))) < 2:
+    while time.time() < deadline and len(completed_runs(tmp_path)) < 2:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # snakemake and every job it started, mid-sweep
     proc.wait()
-    finished = len(list(runs.glob("*/seed*/metrics.json")))
+    finished = len(completed_runs(tmp_path))
     assert 2 <= finished < 6, "the kill must land mid-sweep"
+    assert len(list(runs.glob("*/seed*/metrics.json"))) >= finished
+    unlock = snakemake(config, "--unlock", cwd=tmp_path)  # a SIGKILLed snakemake leaves its lock behind
+    assert unlock.returncode == 0, unlock.stderr[-2000:]
     rerun = snakemake(config, "--rerun-incomplete", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     counts = job_counts(rerun.stdout + rerun.stderr)
@@ -240,3 +252,42 @@ def test_diverging_arm_is_marked_and_paired_without(tiny_npz, stage1, tmp_path):
     row = next(line for line in table.splitlines() if line.startswith("| exploding"))
     assert "diverged" in table
     assert "0/2" in row
+
+
+# ------------------------------------------------------------------------------------------- SIGKILL
+def _run_files(folder: Path) -> dict[str, bytes]:
+    """The run's results without wall-clock fields (times differ between runs; everything else must not)."""
+    import json
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for key in ("wall_time_s",):
+        metrics.pop(key, None)
+    metrics["provenance"].pop("resumed_from_epoch", None)
+    history = [line.rsplit(",", 1)[0] for line in (folder / "history.csv").read_text().splitlines()]
+    predictions = np.load(folder / "predictions.npz")
+    return {"metrics": json.dumps(metrics, sort_keys=True).encode(), "history": "\n".join(history).encode(),
+            **{k: predictions[k].tobytes() for k in predictions.files}}
+
+
+def test_sigkill_at_random_moments_then_rerun_gives_identical_results(tiny_npz, stage1, tmp_path):
+    cfg = tiny_sweep_config(tiny_npz, tmp_path / "results", max_epochs=6, patience=6)
+    config = write_config(tmp_path / "config.yaml", cfg)
+    args = ["train", "--config", config, "--arm", "baseline", "--seed", 3, "--stage1", stage1]
+    reference = run_cli(*args, "--out", tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr
+    rng = np.random.default_rng(2026)
+    out = tmp_path / "killed"
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen([*LOSSABLATION, *map(str, args), "--out", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # wait until this attempt is training (its log would say so; the state file is the visible sign)
+        time.sleep(float(rng.uniform(4.0, 9.0)))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2, "the kills must land while the run is going"
+    final = run_cli(*args, "--out", out)
+    assert final.returncode == 0, final.stderr
+    assert _run_files(out) == _run_files(tmp_path / "reference")
