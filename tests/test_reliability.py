@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, tiny_sweep_config
+from conftest import REPO, job_counts, tiny_sweep_config
 
 LOSSABLATION = [sys.executable, "-m", "lossablation.cli"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -162,10 +161,6 @@ def snakemake(config: Path, *args, cwd: Path, env=None, timeout=900) -> subproce
                            *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def job_counts(output: str) -> dict[str, int]:
-    table = output.split("Job stats:", 1)[1]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
-
 
 def completed_runs(workdir: Path) -> list[str]:
     """Runs whose job Snakemake recorded as complete (its metadata names each finished output, base64)."""
@@ -269,8 +264,19 @@ def _run_files(folder: Path) -> dict[str, bytes]:
             **{k: predictions[k].tobytes() for k in predictions.files}}
 
 
+def _wait_for_new_state(state: Path, proc: subprocess.Popen, count: int, timeout: float = 300) -> bool:
+    """Wait until ``state`` has been rewritten ``count`` times (one per finished epoch) or the run has ended."""
+    seen, last, deadline = 0, state.stat().st_mtime_ns if state.exists() else None, time.time() + timeout
+    while seen < count and proc.poll() is None and time.time() < deadline:
+        now = state.stat().st_mtime_ns if state.exists() else None
+        if now is not None and now != last:
+            seen, last = seen + 1, now
+        time.sleep(0.005)
+    return proc.poll() is None
+
+
 def test_sigkill_at_random_moments_then_rerun_gives_identical_results(tiny_npz, stage1, tmp_path):
-    cfg = tiny_sweep_config(tiny_npz, tmp_path / "results", max_epochs=6, patience=6)
+    cfg = tiny_sweep_config(tiny_npz, tmp_path / "results", max_epochs=8, patience=8)
     config = write_config(tmp_path / "config.yaml", cfg)
     args = ["train", "--config", config, "--arm", "baseline", "--seed", 3, "--stage1", stage1]
     reference = run_cli(*args, "--out", tmp_path / "reference")
@@ -278,12 +284,12 @@ def test_sigkill_at_random_moments_then_rerun_gives_identical_results(tiny_npz, 
     rng = np.random.default_rng(2026)
     out = tmp_path / "killed"
     kills = 0
-    for _ in range(4):
+    for _ in range(3):
         proc = subprocess.Popen([*LOSSABLATION, *map(str, args), "--out", str(out)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # wait until this attempt is training (its log would say so; the state file is the visible sign)
-        time.sleep(float(rng.uniform(4.0, 9.0)))
-        if proc.poll() is None:
+        # after 1-2 more finished epochs, at a random moment of the next one (or of its state write)
+        if _wait_for_new_state(out / "state.pt", proc, int(rng.integers(1, 3))):
+            time.sleep(float(rng.uniform(0.0, 0.15)))
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()

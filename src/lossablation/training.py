@@ -503,10 +503,15 @@ def train_stage2(cfg: Mapping[str, Any], arm: str, seed: int, stage1_path: str |
                 val_m = m
             else:
                 test_m = m
-        atomic_write_with(out / "predictions.npz", lambda p: _save_npz(p, arrays))
-        atomic_write_with(out / "model.pt", lambda p: torch.save({
-            "model_state_dict": result.best_state, "stage1_sha256": stage1_sha, "arm": arm, "seed": seed,
-            "selected_epoch": result.best_epoch, "model": dict(mcfg)}, p))
+    else:  # diverged before any finite epoch: empty predictions and no weights, so every declared output exists
+        n_classes = len(STAGE2_CLASS_NAMES)
+        for side in ("val", "test"):
+            arrays[f"{side}_probs"] = np.zeros((0, n_classes), dtype=np.float32)
+            arrays[f"{side}_labels"] = np.zeros((0,), dtype=np.int64)
+    atomic_write_with(out / "predictions.npz", lambda p: _save_npz(p, arrays))
+    atomic_write_with(out / "model.pt", lambda p: torch.save({
+        "model_state_dict": result.best_state, "stage1_sha256": stage1_sha, "arm": arm, "seed": seed,
+        "selected_epoch": result.best_epoch, "model": dict(mcfg)}, p))
     write_history(out / "history.csv", result.history, HISTORY_COLUMNS)
     metrics.update({
         "wall_time_s": time.perf_counter() - t_start,
