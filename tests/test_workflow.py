@@ -20,8 +20,8 @@ def snakemake(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.Co
 
 
 
-def test_default_dry_run_schedules_the_sweep():
-    result = snakemake("-n", "--directory", str(REPO))
+def test_default_dry_run_schedules_the_sweep(tmp_path):
+    result = snakemake("-n", "--config", f"results={tmp_path / 'results'}")
     assert result.returncode == 0, result.stderr + result.stdout
     counts = job_counts(result.stdout)
     assert counts["train"] == 15
@@ -38,7 +38,7 @@ def test_lint_is_clean():
 def test_a_given_stage1_checkpoint_skips_stage1(tmp_path):
     ckpt = tmp_path / "stage1_model_best.pt"
     ckpt.write_bytes(b"x")
-    result = snakemake("-n", "--config", f"stage1_checkpoint={ckpt}")
+    result = snakemake("-n", "--config", f"stage1_checkpoint={ckpt}", f"results={tmp_path / 'results'}")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     assert "stage1" not in counts and counts["train"] == 15
