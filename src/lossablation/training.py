@@ -53,9 +53,6 @@ STAGE2_CLASS_NAMES = ("SPLIT", "RECT", "AB")
 STAGE1_CLASS_NAMES = ("NONE", "PARTITIONED")
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_macro_f1", "lr_adapter", "lr_head", "seconds")
 STAGE1_HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_macro_f1", "lr", "seconds")
-# Stage 1 has no scheduler keys in the config; these are fixed and recorded in its metrics.json.
-STAGE1_SCHEDULER_FACTOR = 0.5
-STAGE1_SCHEDULER_PATIENCE = 2
 
 STATE_MAGIC = b"LOSSABLATION-STATE-1 "
 KILL_AFTER_EPOCH_ENV = "LOSSABLATION_TEST_KILL_AFTER_EPOCH"      # test hook: SIGKILL after state k is written
@@ -613,7 +610,7 @@ def train_stage1(cfg: Mapping[str, Any], out_dir: str | os.PathLike, splits: Any
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=scfg["lr"], weight_decay=scfg["weight_decay"], fused=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=STAGE1_SCHEDULER_FACTOR, patience=STAGE1_SCHEDULER_PATIENCE)
+        optimizer, mode="max", factor=scfg["scheduler_factor"], patience=scfg["scheduler_patience"])
     order_gen = torch.Generator().manual_seed(seed)
     step_model = torch.compile(model) if tcfg.get("compile", False) else model
     n_train = x_train.shape[0]
@@ -663,8 +660,8 @@ def train_stage1(cfg: Mapping[str, Any], out_dir: str | os.PathLike, splits: Any
         "wall_time_s": time.perf_counter() - t_start, "val": val_m, "test": test_m,
         "n_train_blocks": int(n_train), "checkpoint_sha256": sha256_file(ckpt_path) if ckpt_path.exists() else None,
         "hyperparameters": {**scfg, "device": str(device), "optimizer": "AdamW", "loss": "cross_entropy",
-                            "scheduler": f"ReduceLROnPlateau(mode=max, factor={STAGE1_SCHEDULER_FACTOR}, "
-                                         f"patience={STAGE1_SCHEDULER_PATIENCE}) on val macro F1",
+                            "scheduler": f"ReduceLROnPlateau(mode=max, factor={scfg['scheduler_factor']}, "
+                                         f"patience={scfg['scheduler_patience']}) on val macro F1",
                             "eval_batch_size": eval_bs, "channels_last": channels_last, "bf16": bf16},
         "provenance": {"config_hash": sha256_json(cfg), "code_version": code_version(),
                        "packages": package_versions(), "device": device_description(device),
