@@ -22,12 +22,12 @@ def _clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_LOCK_DIR, str(tmp_path / "locks"))
 
 
-def _hold(n, queue, release, timeout=10.0, cuda_env=None):
+def _hold(n, queue, release, timeout=10.0, cuda_env=None, runs_per_gpu=1):
     """Child: take a slot, report (slot, CUDA_VISIBLE_DEVICES), hold it until `release` is set."""
     if cuda_env is not None:
         os.environ[CUDA_ENV] = cuda_env
     try:
-        with acquire_gpu_slot(n, timeout=timeout, poll_s=0.05) as slot:
+        with acquire_gpu_slot(n, timeout=timeout, poll_s=0.05, runs_per_gpu=runs_per_gpu) as slot:
             queue.put((slot, os.environ.get(CUDA_ENV)))
             release.wait(30)
     except LossAblationError as exc:
@@ -82,7 +82,7 @@ def test_wait_gives_up_after_timeout_naming_the_lock_folder(tmp_path):
     holder = _start(_hold, 1, queue, release)
     queue.get(timeout=10)
     t0 = time.monotonic()
-    with pytest.raises(LossAblationError, match=r"locks: no free GPU slot among devices 0 after 0.5 s"):
+    with pytest.raises(LossAblationError, match=r"locks: no free GPU slot among devices 0 \(1 per device\) after 0.5 s"):
         with acquire_gpu_slot(1, timeout=0.5, poll_s=0.05):
             pass
     assert 0.4 < time.monotonic() - t0 < 3
@@ -145,3 +145,21 @@ def test_device_count_from_fake_env(monkeypatch):
     monkeypatch.setenv(ENV_FAKE_GPUS, "two")
     with pytest.raises(LossAblationError, match=ENV_FAKE_GPUS):
         device_count()
+
+
+def test_runs_per_gpu_packs_runs_and_spreads_them_over_gpus_first():
+    queue, release = CTX.Queue(), CTX.Event()
+    procs = []
+    got = []
+    for _ in range(4):  # 2 GPUs x 2 runs each: four holders at once
+        procs.append(_start(_hold, 2, queue, release, runs_per_gpu=2))
+        got.append(queue.get(timeout=10)[0])
+    fifth = _start(_hold, 2, queue, release, timeout=1.0, runs_per_gpu=2)
+    fifth.join(10)
+    outcome = queue.get(timeout=10)
+    release.set()
+    for p in procs:
+        p.join(10)
+    assert got[:2] == ["0", "1"], "the first runs go to different GPUs"
+    assert sorted(got) == ["0", "0", "1", "1"]
+    assert outcome[0] == "error" and "2 per device" in outcome[1]

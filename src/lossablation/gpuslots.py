@@ -78,9 +78,14 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
-def _claim_first_free(device_ids: list[str], lock_dir: Path) -> tuple[str, int] | None:
-    for device_id in device_ids:
-        fd = _try_lock(lock_dir / f"gpu{device_id}.lock")
+def _slot_lock_names(device_ids: list[str], runs_per_gpu: int) -> list[tuple[str, str]]:
+    """(device id, lock file name) per slot, spread over the GPUs first: gpu0, gpu1, gpu0.1, gpu1.1, ..."""
+    return [(d, f"gpu{d}.lock" if k == 0 else f"gpu{d}.{k}.lock") for k in range(runs_per_gpu) for d in device_ids]
+
+
+def _claim_first_free(slots: list[tuple[str, str]], lock_dir: Path) -> tuple[str, int] | None:
+    for device_id, name in slots:
+        fd = _try_lock(lock_dir / name)
         if fd is not None:
             return device_id, fd
     return None
@@ -92,6 +97,7 @@ def acquire_gpu_slot(
     lock_dir: str | os.PathLike | None = None,
     timeout: float | None = None,
     poll_s: float = 0.5,
+    runs_per_gpu: int = 1,
 ) -> Iterator[str | None]:
     """Hold the first free GPU slot for the duration of the ``with`` block.
 
@@ -102,7 +108,13 @@ def acquire_gpu_slot(
 
     ``n_devices`` defaults to :func:`device_count`; ``lock_dir`` to ``$LOSSABLATION_GPU_LOCK_DIR`` or
     ``results/.gpu_locks``. All processes sharing GPUs must use the same lock folder.
+
+    ``runs_per_gpu`` > 1 packs several runs on one GPU (a Stage-2 run at batch 128 leaves most of a large GPU
+    idle): there are ``n_devices * runs_per_gpu`` slots, filled across the GPUs first. Run Snakemake with
+    ``--resources gpu=<n_devices * runs_per_gpu>`` so that many training jobs (each ``gpu=1``) run at once.
     """
+    if runs_per_gpu < 1:
+        raise LossAblationError(f"resources.runs_per_gpu: must be >= 1, got {runs_per_gpu}")
     if os.environ.get("SLURM_JOB_ID"):
         yield None
         return
@@ -117,10 +129,12 @@ def acquire_gpu_slot(
     folder.mkdir(parents=True, exist_ok=True)
 
     deadline = None if timeout is None else time.monotonic() + timeout
-    while (claim := _claim_first_free(device_ids, folder)) is None:
+    slots = _slot_lock_names(device_ids, runs_per_gpu)
+    while (claim := _claim_first_free(slots, folder)) is None:
         if deadline is not None and time.monotonic() >= deadline:
             raise LossAblationError(
-                f"{folder}: no free GPU slot among devices {','.join(device_ids)} after {timeout:g} s"
+                f"{folder}: no free GPU slot among devices {','.join(device_ids)} "
+                f"({runs_per_gpu} per device) after {timeout:g} s"
             )
         time.sleep(poll_s)
 

@@ -52,7 +52,8 @@ def run_job(snakemake, step: Callable[[], object], gpu: bool = False) -> None:
             if gpu and int(snakemake.resources.get("gpu", 0)) > 0:
                 from lossablation.gpuslots import acquire_gpu_slot
 
-                with acquire_gpu_slot():
+                runs_per_gpu = int(snakemake.config.get("resources", {}).get("runs_per_gpu", 1))
+                with acquire_gpu_slot(runs_per_gpu=runs_per_gpu):
                     step()
             else:
                 step()
