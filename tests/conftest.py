@@ -58,7 +58,8 @@ def tiny_sweep_config(dataset: Path, results: Path, arms=("baseline", "poly"), s
         "losses": {arm: base["losses"][arm] for arm in arms},
         "stage1": {"max_epochs": 1, "patience": 1, "batch_size": 256, "max_train_blocks": 1500},
         "train": {"max_epochs": 3, "patience": 2, "batch_size": 64, "scheduler_patience": 1, **train},
-        "resources": {"train_runtime_min": 10, "train_mem_mb": 2000, "train_cpus": 1},
+        "resources": {"train_runtime_min": 10, "train_mem_mb": 2000, "train_cpus": 1, "stage1_cpus": 1,
+                      "stage1_runtime_min": 10, "stage1_mem_mb": 2000},
     }
 
 
