@@ -223,7 +223,7 @@ def test_malformed_metrics_json_names_the_file(tmp_path):
 
 
 def test_reliability_bins_reproduce_reference_ece():
-    from lossablation.figures import reliability_bins
+    from lossablation.metrics import reliability_bins
     p = np.array([[.91, .06, .03], [.82, .10, .08], [.20, .74, .06], [.15, .63, .22], [.40, .45, .15],
                   [.05, .12, .83], [.33, .31, .36], [.58, .21, .21], [.10, .86, .04], [.48, .44, .08],
                   [.07, .25, .68], [.97, .02, .01]])

@@ -62,3 +62,16 @@ def test_absent_class_still_counts():
     assert m["macro_f1"] == pytest.approx(2 / 3)
     assert m["per_class"]["AB"] == {"f1": 0.0, "precision": 0.0, "recall": 0.0, "support": 0}
     assert m["confusion_matrix"][2] == [0.0, 0.0, 0.0]
+
+
+def test_confidence_on_a_bin_edge_goes_to_the_bin_it_opens():
+    """Edges by hand, 10 bins: 0.5 -> [0.5, 0.6), 0.6 -> [0.6, 0.7), 1.0 -> the last bin [0.9, 1.0]."""
+    from lossablation.metrics import calibration_errors, reliability_bins
+
+    probs = np.array([[0.6, 0.3, 0.1], [0.5, 0.25, 0.25], [1.0, 0.0, 0.0], [0.25, 0.5, 0.25], [0.2, 0.2, 0.6]])
+    labels = np.array([0, 1, 0, 1, 1])  # correct, wrong, correct, correct, wrong
+    bins = reliability_bins(probs, labels, n_bins=10).set_index("lo")
+    assert list(bins["count"].round(6)) == [0, 0, 0, 0, 0, 2, 2, 0, 0, 1]
+    # [0.5, 0.6): conf 0.5, acc 0.5, gap 0;  [0.6, 0.7): conf 0.6, acc 0.5, gap 0.1;  last: conf 1, acc 1
+    ece, mce = calibration_errors(labels, probs, n_bins=10)
+    assert ece == pytest.approx(2 / 5 * 0.1, abs=1e-12) and mce == pytest.approx(0.1, abs=1e-12)

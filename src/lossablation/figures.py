@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from lossablation.io import atomic_write_with  # noqa: E402
+from lossablation.metrics import reliability_bins  # noqa: E402
 
 CLASSES = ("SPLIT", "RECT", "AB")
 FIG_SUFFIXES = ("png", "pdf")
@@ -105,27 +106,6 @@ def confusion(matrix: np.ndarray | None, arm: str, n_runs: int, out_dir, stem: s
         ax.set_ylabel("true")
         ax.set_title(f"{arm} (mean of {n_runs} seed{'s' if n_runs != 1 else ''})")
     return _save(fig, out_dir, stem)
-
-
-def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> pd.DataFrame:
-    """Top-label reliability bins: equal-width bins ((m-1)/M, m/M] of the confidence max p.
-
-    Returns one row per bin: ``lo, hi, count, confidence, accuracy`` (NaN for empty bins). The ECE is
-    sum(count/N * |accuracy - confidence|) over non-empty bins (reference §4); the run's ECE itself comes from
-    metrics.json, this is only the plot data.
-    """
-    probs = np.asarray(probs, dtype=float)
-    labels = np.asarray(labels)
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == labels).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    index = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    count = np.bincount(index, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(index, weights=conf, minlength=n_bins) / count
-        acc = np.bincount(index, weights=correct, minlength=n_bins) / count
-    return pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "count": count, "confidence": mean_conf,
-                         "accuracy": acc})
 
 
 def _pooled(predictions: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -11,32 +11,43 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 STAGE2_CLASS_NAMES = ("SPLIT", "RECT", "AB")
 
 
-def calibration_errors(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[float, float]:
-    """(ECE, MCE) of the top-label confidence with ``n_bins`` equal-width bins over [0, 1].
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> pd.DataFrame:
+    """Top-label reliability bins: one row per equal-width bin, ``lo, hi, count, confidence, accuracy``.
 
-    A confidence on a bin edge goes to the bin it opens (the last bin is closed at 1), as in torchmetrics.
+    Bin m is [m/M, (m+1)/M), the last one closed at 1: a confidence on an edge goes to the bin it opens, as in
+    torchmetrics. The index is floor(conf * M), not a search in ``linspace`` edges, whose rounding (0.6 ->
+    0.6000000000000001) would move a confidence of exactly 0.6 into the bin below. Empty bins have NaN
+    confidence and accuracy. The one binning used by the metrics and the figures.
     """
-    labels = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)
-    if labels.shape[0] == 0:
-        return 0.0, 0.0
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    labels = np.asarray(labels)
+    conf = probs.max(axis=1) if len(probs) else np.zeros(0)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64) if len(probs) else np.zeros(0)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins).astype(np.float64)
-    acc_sum = np.bincount(bins, weights=correct, minlength=n_bins)
-    conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
-    nonempty = count > 0
-    gaps = np.abs(acc_sum[nonempty] - conf_sum[nonempty]) / count[nonempty]
-    ece = float(np.sum(count[nonempty] / labels.shape[0] * gaps))
-    mce = float(gaps.max())
-    return ece, mce
+    index = np.minimum(np.floor(conf * n_bins).astype(np.int64), n_bins - 1)
+    count = np.bincount(index, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(index, weights=conf, minlength=n_bins) / count
+        accuracy = np.bincount(index, weights=correct, minlength=n_bins) / count
+    return pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "count": count, "confidence": confidence,
+                         "accuracy": accuracy})
+
+
+def calibration_errors(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[float, float]:
+    """(ECE, MCE) of the top-label confidence with ``n_bins`` equal-width bins over [0, 1]."""
+    bins = reliability_bins(probs, labels, n_bins)
+    bins = bins[bins["count"] > 0]
+    if bins.empty:
+        return 0.0, 0.0
+    gaps = (bins["accuracy"] - bins["confidence"]).abs()
+    ece = float((bins["count"] / bins["count"].sum() * gaps).sum())
+    return ece, float(gaps.max())
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15,
