@@ -37,6 +37,8 @@ rule make_dataset:
         variants=["orig"],
     log:
         f"{R}/logs/make_dataset.log",
+    benchmark:
+        f"{R}/benchmarks/make_dataset.tsv"
     threads: 2
     conda:
         "../envs/lossablation.yaml"
