@@ -149,10 +149,6 @@ def load_config(config: str | os.PathLike | Mapping[str, Any], check_paths: bool
     return cfg
 
 
-def arm_names(cfg: Mapping[str, Any]) -> list[str]:
-    return list(cfg["losses"])
-
-
 def training_device(cfg: Mapping[str, Any]) -> str:
     """Resolve ``device: auto`` to ``cuda`` when a GPU is visible, else ``cpu``."""
     device = cfg["device"]

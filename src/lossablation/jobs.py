@@ -28,13 +28,6 @@ def _log_to(path: str | None):
     return stack
 
 
-def _limit_threads(threads: int) -> None:
-    """Use the cores Snakemake gave this job, no more (two 2-thread jobs on 2 cores would oversubscribe)."""
-    import torch
-
-    torch.set_num_threads(max(1, int(threads)))
-
-
 def run_job(snakemake, step: Callable[[], object], gpu: bool = False) -> None:
     """Run ``step()`` with the job's log attached; exit 1 with one line on failure.
 
@@ -48,7 +41,6 @@ def run_job(snakemake, step: Callable[[], object], gpu: bool = False) -> None:
             level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s", force=True
         )
         try:
-            _limit_threads(snakemake.threads)
             if gpu and int(snakemake.resources.get("gpu", 0)) > 0:
                 from lossablation.gpuslots import acquire_gpu_slot
 

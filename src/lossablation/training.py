@@ -87,13 +87,14 @@ def set_determinism(enabled: bool) -> None:
 
 
 def set_cpu_threads(device: torch.device, threads: int | None) -> None:
-    """On CPU, use the job's requested cores (``resources.train_cpus``) as torch's intra-op threads.
+    """On CPU, use the job's requested cores (``resources.train_cpus``) as torch's intra-op threads, at most
+    the cores this process may run on (Snakemake caps a rule's threads at ``--cores`` the same way).
 
     More threads than free cores makes torch's spinning worker threads collapse (measured 10x slower on a
     busy 2-core machine, docs/performance.md); the Stage-2 step is small enough that 1-2 threads suffice.
     """
     if device.type == "cpu" and threads:
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(max(1, min(int(threads), len(os.sched_getaffinity(0)))))
 
 
 def seed_everything(seed: int) -> None:
