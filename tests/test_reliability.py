@@ -208,7 +208,7 @@ def test_killed_sweep_reruns_only_missing_jobs_and_gives_the_same_tables(tiny_np
     counts = job_counts(rerun.stdout + rerun.stderr)
     assert counts["train"] == 6 - finished, counts
     for table in ("table1_overall", "table2_per_class", "table3_calibration"):
-        for ext in ("md", "csv", "tex"):
+        for ext in ("md", "csv", "tex", "html"):
             got = (tmp_path / "results" / "tables" / f"{table}.{ext}").read_text()
             assert got == (clean_sweep / "tables" / f"{table}.{ext}").read_text(), f"{table}.{ext} differs"
 

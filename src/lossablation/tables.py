@@ -277,7 +277,8 @@ def to_latex(table: Table) -> str:
 def to_html(table: Table) -> str:
     """Standalone HTML (for the Snakemake report)."""
     mask = _bold_mask(table)
-    styler = table.cells.style.hide(axis="index")
+    # a fixed uuid: Styler otherwise draws a random table id, and reruns would not give identical files
+    styler = table.cells.style.hide(axis="index").set_uuid(table.stem)
     styler = styler.apply(lambda _: mask.map(lambda b: "font-weight: bold" if b else ""), axis=None)
     styler = styler.set_caption(f"<b>{table.title}.</b> {table.caption}")
     notes = "".join(f"<p>Note: {n}</p>" for n in table.notes)
