@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from lossablation.fastpath import FastStage2, compute_h3  # noqa: E402
 from lossablation.losses import build_arm_loss  # noqa: E402
 from lossablation.models import build_stage2_model  # noqa: E402
-from lossablation.training import batch_slices, set_determinism, train_steps  # noqa: E402
+from lossablation.steps import StepRunner, batch_slices, make_adamw  # noqa: E402
+from lossablation.training import set_determinism  # noqa: E402
 
 DEMO = ROOT / "resources" / "demo" / "av1_demo.npz"
 
@@ -51,13 +52,17 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_run(device: torch.device, counts: list[int], fused: bool = False):
+def make_run(device: torch.device, counts: list[int], ours: bool = False, cuda_graph: bool = False):
+    """Model, loss and AdamW: the default for-loop AdamW for the reference, ours as in training.train_stage2."""
     torch.manual_seed(0)
     model = build_stage2_model(None).to(device)
     loss_fn = build_arm_loss({"kind": "focal", "params": {"gamma": 2.0}}, counts, 0.9999, "loss_weights").to(device)
-    optimizer = torch.optim.AdamW([{"params": list(model.adapters.parameters()), "lr": 1e-3},
-                                   {"params": list(model.head.parameters()), "lr": 1e-4}], weight_decay=0.01,
-                                  fused=fused)
+    groups = [{"params": list(model.adapters.parameters()), "lr": 1e-3},
+              {"params": list(model.head.parameters()), "lr": 1e-4}]
+    if ours:
+        optimizer = make_adamw(groups, 0.01, device, cuda_graph=cuda_graph)
+    else:
+        optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     return model, loss_fn, optimizer
 
 
@@ -94,9 +99,10 @@ def reference_loop(x, y, device, batch_size, steps, counts) -> float:
     return steps * batch_size / (time.perf_counter() - t0)
 
 
-def our_loop(x, y, device, batch_size, steps, counts, eval_batch_size=8192) -> tuple[float, float]:
-    """Our trainer's step (train_steps on resident h3 via the fast path); returns (samples/s, prefix seconds)."""
-    model, loss_fn, optimizer = make_run(device, counts, fused=True)   # as in training.train_stage2
+def our_loop(x, y, device, batch_size, steps, counts, eval_batch_size=8192, cuda_graph=False,
+             bf16=False) -> tuple[float, float]:
+    """Our trainer's step (StepRunner on resident h3 via the fast path); returns (samples/s, prefix seconds)."""
+    model, loss_fn, optimizer = make_run(device, counts, ours=True, cuda_graph=cuda_graph)
     sync(device)
     t = time.perf_counter()
     h3 = compute_h3(model, x.to(device), eval_batch_size)
@@ -113,17 +119,18 @@ def our_loop(x, y, device, batch_size, steps, counts, eval_batch_size=8192) -> t
             out += batch_slices(torch.randperm(x.shape[0], generator=gen).to(device), batch_size)[:-1]
         return out[:n_steps]
 
-    loss, _ = train_steps(fast, loss_fn, optimizer, h3, yd, batches(5), device)   # warm-up
+    runner = StepRunner(fast, loss_fn, optimizer, h3, yd, device, bf16, cuda_graph=cuda_graph)
+    loss, _ = runner.epoch(batches(5))   # warm-up (and, with a CUDA graph, its capture)
     loss.item()
     todo = batches(steps)
     sync(device)
     t0 = time.perf_counter()
-    loss, finite = train_steps(fast, loss_fn, optimizer, h3, yd, todo, device)
+    loss, finite = runner.epoch(todo)
     loss.item(), finite.item()   # the one host sync per pass
     return steps * batch_size / (time.perf_counter() - t0), prefix_s
 
 
-def stage1_throughput(x, device, batch_size, steps, channels_last) -> float:
+def stage1_throughput(x, device, batch_size, steps, channels_last, cuda_graph=False) -> float:
     """Stage-1 training samples/s (whole backbone + binary head) with our step loop."""
     import torch.nn.functional as F
 
@@ -133,19 +140,20 @@ def stage1_throughput(x, device, batch_size, steps, channels_last) -> float:
     model = Stage1Model().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4, fused=True)
+    optimizer = make_adamw(model.parameters(), 1e-4, device, lr=1e-3, cuda_graph=cuda_graph)
     xd = x.to(device)
     yd = torch.randint(0, 2, (x.shape[0],), generator=torch.Generator().manual_seed(0)).to(device)
     prepare = (lambda xb: xb.contiguous(memory_format=torch.channels_last)) if channels_last else None
     gen = torch.Generator().manual_seed(0)
     batches = batch_slices(torch.randperm(x.shape[0], generator=gen).to(device), batch_size)
     model.train()
-    train_steps(model, F.cross_entropy, optimizer, xd, yd, batches[:3], device, prepare=prepare)[0].item()
+    runner = StepRunner(model, F.cross_entropy, optimizer, xd, yd, device, prepare=prepare, cuda_graph=cuda_graph)
+    runner.epoch(batches[:5])[0].item()
     sync(device)
     t0 = time.perf_counter()
-    train_steps(model, F.cross_entropy, optimizer, xd, yd, batches[3:3 + steps], device, prepare=prepare)[0].item()
+    runner.epoch(batches[5:5 + steps])[0].item()
     sync(device)
-    return min(steps, len(batches) - 3) * batch_size / (time.perf_counter() - t0)
+    return min(steps, len(batches) - 5) * batch_size / (time.perf_counter() - t0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic-blocks", type=int, default=20_000)
     ap.add_argument("--stage1-steps", type=int, default=0, help="also time Stage-1 steps (batch 256)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                    help="graph our step on CUDA (default: on for cuda, as train.cuda_graphs)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for our step")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -174,12 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     gpu_ref = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    ours, prefix_s = our_loop(x, y, device, args.batch_size, args.steps, counts)
+    graph = device.type == "cuda" if args.cuda_graph is None else args.cuda_graph
+    ours, prefix_s = our_loop(x, y, device, args.batch_size, args.steps, counts, cuda_graph=graph, bf16=args.bf16)
     rss2 = peak_rss_mib()
     gpu_ours = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
     print(f"reference loop (DataLoader, full forward, per-batch .item()/.cpu()): {ref:,.0f} samples/s")
-    print(f"our trainer step (resident h3, exact fast path, one sync per pass):  {ours:,.0f} samples/s")
+    print(f"our trainer step (resident h3, exact fast path, one sync per pass, cuda_graph={graph}, "
+          f"bf16={args.bf16}): {ours:,.0f} samples/s")
     print(f"our one-off frozen-prefix pass over {x.shape[0]} blocks: {prefix_s:.2f} s "
           f"({x.shape[0] / prefix_s:,.0f} blocks/s)")
     epoch_ref = x.shape[0] / ref
@@ -192,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peak GPU memory: reference {gpu_ref:.0f} MiB, ours {gpu_ours:.0f} MiB")
     if args.stage1_steps:
         for cl in (False, True):
-            s1 = stage1_throughput(x, device, 256, args.stage1_steps, cl)
-            print(f"stage 1 training (channels_last={cl}): {s1:,.0f} samples/s; "
+            s1 = stage1_throughput(x, device, 256, args.stage1_steps, cl, graph)
+            print(f"stage 1 training (channels_last={cl}, cuda_graph={graph}): {s1:,.0f} samples/s; "
                   f"20,000-block epoch {20_000 / s1:.1f} s")
     print(f"speedup: {ours / ref:.2f}")
     return 0

@@ -69,7 +69,8 @@ def setup(tmp_path_factory):
 
 
 def run_cli(config: Path, stage1: Path, out: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(SRC), **(env_extra or {})}
+    pythonpath = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": pythonpath, **(env_extra or {})}
     cmd = [sys.executable, "-m", "lossablation.cli", "train", "--config", str(config), "--arm", "baseline",
            "--seed", "3", "--stage1", str(stage1), "--out", str(out)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

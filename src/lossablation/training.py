@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -46,6 +47,7 @@ from lossablation.io import atomic_write_json, atomic_write_text, atomic_write_w
     sha256_json
 from lossablation.metrics import classification_metrics, macro_f1
 from lossablation.models import Stage1Model, Stage2Model, build_stage2_model, stage1_checkpoint_dict
+from lossablation.steps import StepRunner, autocast, batch_slices, learning_rate, make_adamw
 
 log = logging.getLogger("lossablation.training")
 
@@ -78,12 +80,22 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_determinism(enabled: bool) -> None:
-    """Deterministic algorithms (and the cuBLAS workspace setting they need) when ``enabled``."""
+    """Deterministic algorithms (and the cuBLAS workspace setting they need) when ``enabled``.
+
+    ``warn_only``: a few CUDA kernels have no deterministic version (the backward of the adaptive average
+    pooling in Stage 1's ResNet and SE blocks); they warn once instead of stopping the run.
+    """
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
+        warnings.filterwarnings("once", message=".*does not have a deterministic implementation.*")
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
     torch.backends.cudnn.benchmark = not enabled
     torch.backends.cudnn.deterministic = enabled
+
+
+def use_cuda_graph(device: torch.device, tcfg: Mapping[str, Any]) -> bool:
+    """Graph the training step on CUDA (``train.cuda_graphs``), unless ``torch.compile`` already does the step."""
+    return device.type == "cuda" and bool(tcfg.get("cuda_graphs", True)) and not tcfg.get("compile", False)
 
 
 def set_cpu_threads(device: torch.device, threads: int | None) -> None:
@@ -310,44 +322,6 @@ def progress(name: str, epoch: int, i: int, n: int) -> None:
         sys.stderr.flush()
 
 
-def train_steps(forward: Callable[[torch.Tensor], torch.Tensor], loss_fn: Callable, optimizer: torch.optim.Optimizer,
-                inputs: torch.Tensor, targets: torch.Tensor, batches: list[torch.Tensor], device: torch.device,
-                bf16: bool = False, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                on_batch: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass of optimizer steps over ``batches`` (index tensors on ``device``) with no host sync.
-
-    Returns the mean batch loss and an all-finite flag, both still on the device (the caller reads them
-    once per epoch).
-    """
-    loss_sum = torch.zeros((), device=device)
-    finite = torch.ones((), dtype=torch.bool, device=device)
-    for i, idx in enumerate(batches, 1):
-        xb = inputs[idx]
-        if prepare is not None:
-            xb = prepare(xb)
-        with _autocast(device, bf16):
-            logits = forward(xb)
-        loss = loss_fn(logits.float(), targets[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss = loss.detach()
-        loss_sum += loss
-        finite &= torch.isfinite(loss)
-        if on_batch is not None:
-            on_batch(i, len(batches))
-    return loss_sum / max(1, len(batches)), finite
-
-
-def batch_slices(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Consecutive batches of ``order``; a trailing batch of one sample is dropped (train-mode BatchNorm
-    cannot normalise a single sample)."""
-    batches = list(torch.split(order, batch_size))
-    if batches and batches[-1].numel() < 2:
-        batches.pop()
-    return batches
-
-
 def write_history(path: Path, history: list[dict], columns: tuple[str, ...]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
@@ -365,10 +339,6 @@ class Stage2Data:
 
     h3: torch.Tensor
     y: torch.Tensor
-
-
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def stage2_tensors(splits: Any, groups: Mapping[str, Any] | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -392,7 +362,7 @@ def predict_stage2(fast: FastStage2, data: Stage2Data, loss_fn: nn.Module, batch
     device = data.h3.device
     probs, loss_sum = [], torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, data.h3.shape[0], batch_size):
-        with _autocast(device, bf16):
+        with autocast(device, bf16):
             logits = fast(data.h3[i:i + batch_size])
         logits = logits.float()
         loss_sum += loss_fn.per_sample(logits, data.y[i:i + batch_size]).double().sum()
@@ -441,11 +411,11 @@ def train_stage2(cfg: Mapping[str, Any], arm: str, seed: int, stage1_path: str |
     data = {side: Stage2Data(compute_h3(model, x.to(device), tcfg["eval_batch_size"]), y.to(device))
             for side, (x, y) in tensors.items()}
     step_forward = torch.compile(fast) if tcfg.get("compile", False) else fast
-
-    optimizer = torch.optim.AdamW(
+    graphed = use_cuda_graph(device, tcfg)
+    optimizer = make_adamw(
         [{"params": list(model.adapters.parameters()), "lr": tcfg["lr_adapter"]},
          {"params": list(model.head.parameters()), "lr": tcfg["lr_head"]}],
-        weight_decay=tcfg["weight_decay"], fused=True)   # fused: one kernel for all params (CPU and CUDA)
+        tcfg["weight_decay"], device, cuda_graph=graphed)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=tcfg["scheduler_factor"], patience=tcfg["scheduler_patience"])
     seed_everything(seed)                    # dropout stream starts from the seed, independent of model building
@@ -455,6 +425,7 @@ def train_stage2(cfg: Mapping[str, Any], arm: str, seed: int, stage1_path: str |
     sample_weight = (1.0 / train_counts.double().clamp(min=1))[y_train_cpu] if use_sampler else None
     n_train = y_train_cpu.shape[0]
     train = data["train"]
+    steps = StepRunner(step_forward, loss_fn, optimizer, train.h3, train.y, device, bf16, cuda_graph=graphed)
 
     def train_epoch(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         model.train()
@@ -463,8 +434,7 @@ def train_stage2(cfg: Mapping[str, Any], arm: str, seed: int, stage1_path: str |
         else:
             order = torch.randperm(n_train, generator=order_gen)
         batches = batch_slices(order.to(device), tcfg["batch_size"])
-        return train_steps(step_forward, loss_fn, optimizer, train.h3, train.y, batches, device, bf16,
-                           on_batch=lambda i, n: progress(f"{arm}/seed{seed}", epoch, i, n))
+        return steps.epoch(batches, on_batch=lambda i, n: progress(f"{arm}/seed{seed}", epoch, i, n))
 
     def validate() -> tuple[float, float]:
         probs, loss = predict_stage2(fast, data["val"], loss_fn, tcfg["eval_batch_size"], bf16)
@@ -476,7 +446,8 @@ def train_stage2(cfg: Mapping[str, Any], arm: str, seed: int, stage1_path: str |
         model.load_state_dict(state, strict=False)
 
     def lrs() -> dict[str, float]:
-        return {"lr_adapter": optimizer.param_groups[0]["lr"], "lr_head": optimizer.param_groups[1]["lr"]}
+        return {"lr_adapter": learning_rate(optimizer.param_groups[0]),
+                "lr_head": learning_rate(optimizer.param_groups[1])}
 
     hyper = hyperparameters_stage2(cfg, seed, device)
     identity = {"arm": arm, "seed": seed, "stage1_sha256": stage1_sha, "config_hash": sha256_json(cfg),
@@ -558,7 +529,7 @@ def predict_stage1(model: Stage1Model, x: torch.Tensor, y: torch.Tensor, batch_s
         xb = x[i:i + batch_size]
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, bf16):
+        with autocast(device, bf16):
             logits = model(xb)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").double()
@@ -609,20 +580,22 @@ def train_stage1(cfg: Mapping[str, Any], out_dir: str | os.PathLike, splits: Any
     model = Stage1Model().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=scfg["lr"], weight_decay=scfg["weight_decay"], fused=True)
+    graphed = use_cuda_graph(device, tcfg)
+    optimizer = make_adamw(model.parameters(), scfg["weight_decay"], device, lr=scfg["lr"], cuda_graph=graphed)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=scfg["scheduler_factor"], patience=scfg["scheduler_patience"])
     order_gen = torch.Generator().manual_seed(seed)
     step_model = torch.compile(model) if tcfg.get("compile", False) else model
     n_train = x_train.shape[0]
+    prepare = (lambda xb: xb.contiguous(memory_format=torch.channels_last)) if channels_last else None
+    steps = StepRunner(step_model, F.cross_entropy, optimizer, x_train, y_train, device, bf16, prepare,
+                       cuda_graph=graphed)
     ckpt_path = out / "stage1_model_best.pt"
 
     def train_epoch(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         model.train()
         batches = batch_slices(torch.randperm(n_train, generator=order_gen).to(device), scfg["batch_size"])
-        prepare = (lambda xb: xb.contiguous(memory_format=torch.channels_last)) if channels_last else None
-        return train_steps(step_model, F.cross_entropy, optimizer, x_train, y_train, batches, device, bf16,
-                           prepare=prepare, on_batch=lambda i, n: progress("stage1", epoch, i, n))
+        return steps.epoch(batches, on_batch=lambda i, n: progress("stage1", epoch, i, n))
 
     def validate() -> tuple[float, float]:
         probs, loss = predict_stage1(model, x_val, y_val, eval_bs, channels_last, bf16)
@@ -640,7 +613,7 @@ def train_stage1(cfg: Mapping[str, Any], out_dir: str | os.PathLike, splits: Any
     identity = {"stage": 1, "config_hash": sha256_json({k: cfg.get(k) for k in ("stage1", "split", "dataset")}),
                 "dataset_fingerprint": splits.info.get("fingerprint"), "n_train": int(n_train)}
     spec = LoopSpec(train_epoch, validate, trainable_state, lambda s: model.load_state_dict(s),
-                    lambda: {"lr": optimizer.param_groups[0]["lr"]}, optimizer, scheduler, order_gen,
+                    lambda: {"lr": learning_rate(optimizer.param_groups[0])}, optimizer, scheduler, order_gen,
                     scfg["max_epochs"], scfg["patience"], out / "state.pt", identity, "stage1", on_new_best)
     result = run_epochs(spec)
 
