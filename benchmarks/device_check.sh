@@ -18,13 +18,16 @@ fi
   python3 -c "import torch, torchvision; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())"
   nproc; } 2>&1 | tee "$OUT/env.txt"
 echo "== CUDA tests"
-timeout 200 python3 -m pytest -q -p no:cacheprovider -rs tests/test_steps.py 2>&1 | tee "$OUT/pytest.txt" | tail -25
-echo "== train_throughput (cuda)"
-timeout 120 python3 benchmarks/train_throughput.py --device cuda --steps 600 --stage1-steps 60 2>&1 | tee "$OUT/throughput.txt"
-timeout 60 python3 benchmarks/train_throughput.py --device cuda --steps 600 --no-cuda-graph 2>&1 | tail -3 | tee -a "$OUT/throughput.txt"
+timeout 120 python3 -m pytest -q -p no:cacheprovider -rs tests/test_steps.py 2>&1 | tee "$OUT/pytest.txt" | tail -25
 echo "== gpu_sweep"
-timeout ${SWEEP_TIMEOUT:-330} python3 benchmarks/gpu_sweep.py --epochs 4 --blocks 150000 --pack 4,8 --timeout 150 \
-  --out /tmp/gpu_sweep 2>&1 | tee "$OUT/gpu_sweep.txt"
+timeout ${SWEEP_TIMEOUT:-240} python3 benchmarks/gpu_sweep.py --epochs 4 --blocks 150000 --variants eager,graph,graph_bf16 \
+  --pack 4,8 --timeout 120 --out /tmp/gpu_sweep 2>&1 | tee "$OUT/gpu_sweep.txt"
 cp /tmp/gpu_sweep/summary.json "$OUT/" 2>/dev/null
-tail -n 3 /tmp/gpu_sweep/*/seed1/train.log > "$OUT/run_logs.txt" 2>/dev/null
+tail -n 4 /tmp/gpu_sweep/*/seed1/train.log > "$OUT/run_logs.txt" 2>/dev/null
+echo "== train_throughput (cuda)"
+timeout 80 python3 benchmarks/train_throughput.py --device cuda --steps 600 --stage1-steps 60 2>&1 | tee "$OUT/throughput.txt"
+timeout 45 python3 benchmarks/train_throughput.py --device cuda --steps 600 --no-cuda-graph 2>&1 | tail -3 | tee -a "$OUT/throughput.txt"
+echo "== torch.compile"
+timeout 90 python3 benchmarks/gpu_sweep.py --epochs 4 --blocks 150000 --variants compile --pack "" --no-stage1 \
+  --timeout 80 --out /tmp/gpu_compile 2>&1 | tee "$OUT/compile.txt"
 echo "== summary"; grep -E "passed|failed|error" "$OUT/pytest.txt" | tail -2; grep -E "samples/s|speedup" "$OUT/throughput.txt"
