@@ -135,6 +135,41 @@ def stage1_epoch(config: Path, out: Path, timeout: float) -> dict | None:
             "samples_per_s": n / float(rows[0]["seconds"])}
 
 
+def full_sweep(cfg: dict, out: Path, k: int, deadline_s: float) -> dict:
+    """The real 5 arms x 10 seeds Stage-2 sweep of the protocol (early stopping on), K runs at a time, as
+    Snakemake runs the training jobs with ``--resources gpu=K``. Stops starting runs after ``deadline_s``."""
+    config = write_config({**cfg, "train": {**cfg["train"], "max_epochs": 50, "patience": 15}},
+                          out / "config_sweep.yaml", VARIANTS["graph"])
+    todo = [(arm, seed) for arm in cfg["losses"] for seed in cfg["seeds"]]
+    running: list[tuple[subprocess.Popen, Path]] = []
+    done, failed, epochs = 0, 0, []
+    t0 = time.perf_counter()
+    while todo or running:
+        while todo and len(running) < k and time.perf_counter() - t0 < deadline_s:
+            arm, seed = todo.pop(0)
+            run = out / "sweep" / arm / f"seed{seed}"
+            run.mkdir(parents=True, exist_ok=True)
+            cmd = train_cmd(config, seed, run)
+            cmd[cmd.index("--arm") + 1] = arm
+            running.append((start(cmd, run / "train.log"), run))
+        if not running:
+            break
+        time.sleep(0.2)
+        for proc, run in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, run))
+                if proc.returncode == 0:
+                    done += 1
+                    epochs.append(len(list(csv.DictReader(open(run / "history.csv")))))
+                else:
+                    failed += 1
+                print(f"  [{time.perf_counter() - t0:6.1f} s] {run.parent.name}/{run.name}: exit {proc.returncode}; "
+                      f"{done} done, {failed} failed, {len(running)} running, {len(todo)} to start", flush=True)
+    wall = time.perf_counter() - t0
+    return {"runs": done, "failed": failed, "left": len(todo), "wall_s": wall, "runs_at_once": k,
+            "mean_epochs": sum(epochs) / max(1, len(epochs))}
+
+
 def projection(summaries: list[dict], k: int, epochs: int) -> float:
     """Seconds for the 50-run sweep at ``epochs`` per run, K runs at a time (as measured with K together)."""
     per_run = max(s["overhead_s"] + epochs * s["epoch_s"] for s in summaries)
@@ -149,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="eager,graph,graph_bf16,compile")
     ap.add_argument("--pack", default="4,8", help="comma-separated K: runs started together on one GPU")
     ap.add_argument("--stage1", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--sweep", type=int, default=0,
+                    help="also run the real 5 x 10 Stage-2 sweep (early stopping on), this many runs at once")
+    ap.add_argument("--sweep-deadline", type=float, default=3600, help="seconds after which no run is started")
     ap.add_argument("--timeout", type=float, default=240, help="seconds per measurement")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "gpu_sweep")
     args = ap.parse_args(argv)
@@ -197,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{t50 / 60:.1f} min |")
         summary.append({"variant": name, "runs_at_once": k, "samples_per_s": total, "epoch_s": epoch_s,
                         "overhead_s": overhead, "sweep_18_epochs_s": t18, "sweep_50_epochs_s": t50, "runs": res})
+    if args.sweep:
+        real = full_sweep(cfg, args.out, args.sweep, args.sweep_deadline)
+        print(f"\nmeasured 5 arms x 10 seeds sweep (Stage 2, early stopping on, {real['runs_at_once']} at once): "
+              f"{real['runs']} runs in {real['wall_s'] / 60:.1f} min (mean {real['mean_epochs']:.1f} epochs; "
+              f"{real['failed']} failed, {real['left']} not started)", flush=True)
+        summary.append({"variant": "measured sweep", **real})
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     return 0
 

@@ -3,8 +3,8 @@
 A training step here is: gather the batch from the resident tensors, forward (optionally under bf16
 autocast), loss in float32, backward, optimizer step, and add the loss to a device accumulator. Nothing in
 it reads a value back to the host, so an epoch is a stream of kernel launches. At batch 128 a Stage-2 step is
-~0.4 MFLOP per sample spread over ~150 small kernels: on a GPU the step is bound by launch overhead, not by
-arithmetic. ``StepRunner`` with ``cuda_graph=True`` therefore runs a few eager warm-up steps (real steps of
+~9 MFLOP per sample (forward and backward) spread over ~150 small kernels: on a GPU the step is bound by launch
+overhead, not by arithmetic (149,000 samples/s graphed on an H200 is ~1.3 TFLOP/s; docs/performance.md). ``StepRunner`` with ``cuda_graph=True`` therefore runs a few eager warm-up steps (real steps of
 the epoch, on a side stream, so lazy initialisation stays out of the capture), captures the whole step once
 into a ``torch.cuda.CUDAGraph`` whose batch indices live in a static buffer, and replays it for every
 full-size batch; a shorter last batch runs eagerly. The kernels are the same as in eager mode (dropout draws
