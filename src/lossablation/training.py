@@ -99,13 +99,15 @@ def use_cuda_graph(device: torch.device, tcfg: Mapping[str, Any]) -> bool:
 
 
 def set_cpu_threads(device: torch.device, threads: int | None) -> None:
-    """On CPU, use the job's requested cores (``resources.train_cpus``) as torch's intra-op threads, at most
-    the cores this process may run on (Snakemake caps a rule's threads at ``--cores`` the same way).
+    """Use the job's requested cores (``resources.train_cpus``) as torch's intra-op threads, at most the cores
+    this process may run on (Snakemake caps a rule's threads at ``--cores`` the same way).
 
     More threads than free cores makes torch's spinning worker threads collapse (measured 10x slower on a
     busy 2-core machine, docs/performance.md); the Stage-2 step is small enough that 1-2 threads suffice.
+    GPU jobs get the same cap: their CPU-side work (split, metrics) must leave the cores of the runs packed
+    beside them (``resources.runs_per_gpu``) alone, instead of torch's default of one thread per core.
     """
-    if device.type == "cpu" and threads:
+    if threads:
         torch.set_num_threads(max(1, min(int(threads), len(os.sched_getaffinity(0)))))
 
 
