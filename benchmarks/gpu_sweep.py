@@ -73,17 +73,17 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
 
 
-def train_cmd(config: Path, seed: int, out: Path) -> list[str]:
-    return [sys.executable, "-m", "lossablation.cli", "train", "--config", str(config), "--arm", "baseline",
-            "--seed", str(seed), "--stage1", str(Path(yaml.safe_load(config.read_text())["stage1_checkpoint"])),
-            "--out", str(out)]
+def train_cmd(config: Path, arm: str, seed: int, out: Path) -> list[str]:
+    """``lossablation train`` for one (arm, seed) with the random Stage-1 checkpoint of ``make_inputs``."""
+    return [sys.executable, "-m", "lossablation.cli", "train", "--config", str(config), "--arm", arm,
+            "--seed", str(seed), "--stage1", str(config.parent / "stage1_random.pt"), "--out", str(out)]
 
 
 def run_summary(run: Path, wall: float) -> dict:
     """Epoch seconds (steady: epochs after the first), training blocks, start-up overhead of one run."""
     rows = list(csv.DictReader(open(run / "history.csv")))
     metrics = json.loads((run / "metrics.json").read_text())
-    n_train = int(metrics["hyperparameters"].get("n_train") or sum(metrics["train_class_counts"].values()))
+    n_train = sum(metrics["train_class_counts"].values())
     seconds = [float(r["seconds"]) for r in rows]
     steady = seconds[1:] or seconds
     epoch_s = sum(steady) / len(steady)
@@ -100,7 +100,7 @@ def time_runs(config: Path, out: Path, k: int, timeout: float) -> list[dict]:
     for seed in range(1, k + 1):
         run = out / f"seed{seed}"
         run.mkdir(parents=True, exist_ok=True)
-        procs.append((run, start(train_cmd(config, seed, run), run / "train.log")))
+        procs.append((run, start(train_cmd(config, "baseline", seed, run), run / "train.log")))
     results = []
     for run, proc in procs:
         try:
@@ -149,9 +149,7 @@ def full_sweep(cfg: dict, out: Path, k: int, deadline_s: float) -> dict:
             arm, seed = todo.pop(0)
             run = out / "sweep" / arm / f"seed{seed}"
             run.mkdir(parents=True, exist_ok=True)
-            cmd = train_cmd(config, seed, run)
-            cmd[cmd.index("--arm") + 1] = arm
-            running.append((start(cmd, run / "train.log"), run))
+            running.append((start(train_cmd(config, arm, seed, run), run / "train.log"), run))
         if not running:
             break
         time.sleep(0.2)

@@ -2,7 +2,7 @@
 
 Reference loop: DataLoader over a TensorDataset of images (shuffle), the plain module forward through the
 whole frozen backbone, a per-batch ``loss.item()`` and ``.cpu()`` of the predictions (as research code does).
-Ours: ``lossablation.training.train_steps`` on the resident h3 features with the exact fast path
+Ours: ``lossablation.steps.StepRunner`` on the resident h3 features with the exact fast path
 (``lossablation.fastpath``): the frozen prefix is computed once (its cost is reported separately).
 
 Data: resources/demo/av1_demo.npz (the Stage-2 blocks of its training split) when present, else synthetic

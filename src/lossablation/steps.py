@@ -4,10 +4,11 @@ A training step here is: gather the batch from the resident tensors, forward (op
 autocast), loss in float32, backward, optimizer step, and add the loss to a device accumulator. Nothing in
 it reads a value back to the host, so an epoch is a stream of kernel launches. At batch 128 a Stage-2 step is
 ~9 MFLOP per sample (forward and backward) spread over ~150 small kernels: on a GPU the step is bound by launch
-overhead, not by arithmetic (149,000 samples/s graphed on an H200 is ~1.3 TFLOP/s; docs/performance.md). ``StepRunner`` with ``cuda_graph=True`` therefore runs a few eager warm-up steps (real steps of
-the epoch, on a side stream, so lazy initialisation stays out of the capture), captures the whole step once
-into a ``torch.cuda.CUDAGraph`` whose batch indices live in a static buffer, and replays it for every
-full-size batch; a shorter last batch runs eagerly. The kernels are the same as in eager mode (dropout draws
+overhead, not by arithmetic (149,000 samples/s graphed on an H200 is ~1.3 TFLOP/s; docs/performance.md).
+``StepRunner`` with ``cuda_graph=True`` therefore runs a few eager warm-up steps (real steps of the epoch, on a
+side stream, so lazy initialisation stays out of the capture), captures the whole step once into a
+``torch.cuda.CUDAGraph`` whose batch indices live in a static buffer, and replays it for every full-size
+batch; a shorter last batch runs eagerly. The kernels are the same as in eager mode (dropout draws
 its Philox offsets from the same generator), so results match the eager loop to float rounding
 (tests/test_steps.py, CUDA only).
 
@@ -56,7 +57,8 @@ def batch_slices(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 
 
 class StepRunner:
-    """Runs passes of optimizer steps over index batches of resident ``inputs`` / ``targets``.
+    """Runs passes of optimizer steps over index batches (tensors on the device) of resident ``inputs`` /
+    ``targets``, with no host sync; eager unless ``cuda_graph`` (CUDA only).
 
     ``epoch`` returns the mean batch loss and an all-finite flag, both still on the device (the caller reads
     them once per epoch).
@@ -157,11 +159,3 @@ class StepRunner:
             self._step(idx)
             self.eager_steps += 1
 
-
-def train_steps(forward: Forward, loss_fn: Callable, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
-                targets: torch.Tensor, batches: list[torch.Tensor], device: torch.device, bf16: bool = False,
-                prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                on_batch: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One eager pass of optimizer steps over ``batches`` (index tensors on ``device``) with no host sync."""
-    runner = StepRunner(forward, loss_fn, optimizer, inputs, targets, device, bf16, prepare)
-    return runner.epoch(batches, on_batch)

@@ -98,7 +98,7 @@ def use_cuda_graph(device: torch.device, tcfg: Mapping[str, Any]) -> bool:
     return device.type == "cuda" and bool(tcfg.get("cuda_graphs", True)) and not tcfg.get("compile", False)
 
 
-def set_cpu_threads(device: torch.device, threads: int | None) -> None:
+def set_cpu_threads(threads: int | None) -> None:
     """Use the job's requested cores (``resources.train_cpus``) as torch's intra-op threads, at most the cores
     this process may run on (Snakemake caps a rule's threads at ``--cores`` the same way).
 
@@ -392,7 +392,7 @@ def train_stage2(cfg: Mapping[str, Any], arm: str, seed: int, stage1_path: str |
     tcfg = dict(cfg["train"])
     device = resolve_device(cfg.get("device", "auto"))
     set_determinism(bool(tcfg.get("deterministic", True)))
-    set_cpu_threads(device, (cfg.get("resources") or {}).get("train_cpus"))
+    set_cpu_threads((cfg.get("resources") or {}).get("train_cpus"))
     bf16 = bool(tcfg.get("bf16", False))
     stage1_sha = sha256_file(stage1_path)
 
@@ -561,7 +561,7 @@ def train_stage1(cfg: Mapping[str, Any], out_dir: str | os.PathLike, splits: Any
     device = resolve_device(cfg.get("device", "auto"))
     set_determinism(bool(tcfg.get("deterministic", True)))
     res = cfg.get("resources") or {}
-    set_cpu_threads(device, res.get("stage1_cpus", res.get("train_cpus")))
+    set_cpu_threads(res.get("stage1_cpus", res.get("train_cpus")))
     bf16 = bool(tcfg.get("bf16", False))
     channels_last = device.type == "cuda"   # measured: no gain on CPU at 16x16 (docs/performance.md)
     eval_bs = int(tcfg.get("eval_batch_size", 8192))
