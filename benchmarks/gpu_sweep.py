@@ -43,8 +43,8 @@ def make_inputs(out: Path, blocks: int, epochs: int, device: str) -> dict:
     """Synthetic 10-bit blocks with the v7 class mix, a random v7-layout Stage-1 checkpoint, the base config."""
     import torch
 
-    from lossablation.data import BlockSet, save_npz
-    from lossablation.models import Stage1Model, stage1_checkpoint_dict
+    from lossablation.data.blocks import BlockSet, save_npz
+    from lossablation.model.networks import Stage1Model, stage1_checkpoint_dict
 
     rng = np.random.default_rng(0)
     # v7 class mix: NONE 58 %, SPLIT 5 %, RECT (HORZ, VERT) 20 %, AB 17 %

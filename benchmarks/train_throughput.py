@@ -2,8 +2,8 @@
 
 Reference loop: DataLoader over a TensorDataset of images (shuffle), the plain module forward through the
 whole frozen backbone, a per-batch ``loss.item()`` and ``.cpu()`` of the predictions (as research code does).
-Ours: ``lossablation.steps.StepRunner`` on the resident h3 features with the exact fast path
-(``lossablation.fastpath``): the frozen prefix is computed once (its cost is reported separately).
+Ours: ``lossablation.train.steps.StepRunner`` on the resident h3 features with the exact fast path
+(``lossablation.model.fastpath``): the frozen prefix is computed once (its cost is reported separately).
 
 Data: resources/demo/av1_demo.npz (the Stage-2 blocks of its training split) when present, else synthetic
 v7-shaped data (20,000 blocks). Prints samples/s of both loops, peak memory and a last line ``speedup: X.XX``.
@@ -25,18 +25,18 @@ from torch.utils.data import DataLoader, TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lossablation.fastpath import FastStage2, compute_h3  # noqa: E402
-from lossablation.losses import build_arm_loss  # noqa: E402
-from lossablation.models import build_stage2_model  # noqa: E402
-from lossablation.steps import StepRunner, batch_slices, make_adamw  # noqa: E402
-from lossablation.training import set_determinism  # noqa: E402
+from lossablation.model.fastpath import FastStage2, compute_h3  # noqa: E402
+from lossablation.train.losses import build_arm_loss  # noqa: E402
+from lossablation.model.networks import build_stage2_model  # noqa: E402
+from lossablation.train.steps import StepRunner, batch_slices, make_adamw  # noqa: E402
+from lossablation.train.trainer import set_determinism  # noqa: E402
 
 DEMO = ROOT / "resources" / "demo" / "av1_demo.npz"
 
 
 def load_data(n_synthetic: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     if DEMO.exists():
-        from lossablation.data import make_splits, stage2_targets
+        from lossablation.data.blocks import make_splits, stage2_targets
 
         splits = make_splits({"dataset": str(DEMO), "split": {"seed": 0, "val_fraction": 0.15, "test_fraction": 0.15}})
         y = stage2_targets(splits.train.partition)
@@ -134,7 +134,7 @@ def stage1_throughput(x, device, batch_size, steps, channels_last, cuda_graph=Fa
     """Stage-1 training samples/s (whole backbone + binary head) with our step loop."""
     import torch.nn.functional as F
 
-    from lossablation.models import Stage1Model
+    from lossablation.model.networks import Stage1Model
 
     torch.manual_seed(0)
     model = Stage1Model().to(device)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/fixtures_runs.
 
 def cut_demo(out: Path, per_source: int = 120, seed: int = 0) -> Path:
     """Keep at most ``per_source`` blocks per source and partition class, from every source of the demo."""
-    from lossablation.data import load_npz, save_npz
+    from lossablation.data.blocks import load_npz, save_npz
 
     ds = load_npz(DEMO)
     rng = np.random.default_rng(seed)

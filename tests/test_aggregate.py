@@ -14,7 +14,7 @@ from scipy import stats as sps
 sys.path.insert(0, str(Path(__file__).parent))
 from fixtures_runs import ORACLE, SEEDS, cfg_for, write_run, write_sweep  # noqa: E402
 
-from lossablation import aggregate as agg  # noqa: E402
+from lossablation.analysis import aggregate as agg  # noqa: E402
 from lossablation.errors import LossAblationError  # noqa: E402
 
 ARMS = list(ORACLE)
@@ -223,7 +223,7 @@ def test_malformed_metrics_json_names_the_file(tmp_path):
 
 
 def test_reliability_bins_reproduce_reference_ece():
-    from lossablation.metrics import reliability_bins
+    from lossablation.train.metrics import reliability_bins
     p = np.array([[.91, .06, .03], [.82, .10, .08], [.20, .74, .06], [.15, .63, .22], [.40, .45, .15],
                   [.05, .12, .83], [.33, .31, .36], [.58, .21, .21], [.10, .86, .04], [.48, .44, .08],
                   [.07, .25, .68], [.97, .02, .01]])

@@ -1,4 +1,4 @@
-"""lossablation.avdata: partition labels from libaom block-size maps, inputs, and make-dataset end to end."""
+"""lossablation.data.av1: partition labels from libaom block-size maps, inputs, and make-dataset end to end."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lossablation.avdata import (
+from lossablation.data.av1 import (
     NOT_A_NODE, classify_node, crop16, derive_partition_labels, luma_u8, read_y4m, write_y4m,
 )
 from lossablation.errors import LossAblationError
@@ -125,9 +125,9 @@ def test_make_dataset_end_to_end(tmp_path):
     import skimage.data
     import skimage.io
 
-    from lossablation.avdata import BLOCK_SIZES, Tools, prepare_tools
+    from lossablation.data.av1 import BLOCK_SIZES, Tools, prepare_tools
     from lossablation.commands_data import make_dataset_main
-    from lossablation.data import load_dataset
+    from lossablation.data.blocks import load_dataset
 
     cache = os.environ.get("LOSSABLATION_AOM_CACHE", "~/.cache/lossablation/aom")
     tools = prepare_tools(cache)

@@ -1,4 +1,4 @@
-"""lossablation.data: v7 + npz readers, validation messages, Stage-1/2 targets, grouped splits, describe."""
+"""lossablation.data.blocks: v7 + npz readers, validation messages, Stage-1/2 targets, grouped splits, describe."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lossablation.commands_data import describe_data_main
-from lossablation.data import (
+from lossablation.data.blocks import (
     PARTITION_NAMES, STAGE2_CLASSES, BlockSet, describe, grouped_assignment, load_dataset, make_splits, save_npz,
     stage1_targets, stage2_targets, write_split_audit,
 )

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lossablation.fastpath import (FastPrefix, FastStage2, FrozenBasicBlock, FrozenSE, FrozenSpatialAttention,
+from lossablation.model.fastpath import (FastPrefix, FastStage2, FrozenBasicBlock, FrozenSE, FrozenSpatialAttention,
                                    adapter_forward_flat, compute_h3, conv_as_matrix)
-from lossablation.models import ConvAdapter, Stage2Model
+from lossablation.model.networks import ConvAdapter, Stage2Model
 
 TOL = 1e-5
 

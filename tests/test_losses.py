@@ -1,4 +1,4 @@
-"""Tests for lossablation.losses against the reference oracles (losses-and-stats.md §0-2), kornia, timm and
+"""Tests for lossablation.train.losses against the reference oracles (losses-and-stats.md §0-2), kornia, timm and
 torch, plus the numerical / structural properties every arm must have."""
 
 import math
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from timm.loss import AsymmetricLossMultiLabel
 
 from lossablation.errors import LossAblationError
-from lossablation.losses import (
+from lossablation.train.losses import (
     DEFAULT_ARMS,
     LOSS_PARAMS,
     REBALANCE_MODES,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
-from lossablation.metrics import calibration_errors, classification_metrics, macro_f1
+from lossablation.train.metrics import calibration_errors, classification_metrics, macro_f1
 
 P = np.array([[.91, .06, .03], [.82, .10, .08], [.20, .74, .06], [.15, .63, .22], [.40, .45, .15], [.05, .12, .83],
               [.33, .31, .36], [.58, .21, .21], [.10, .86, .04], [.48, .44, .08], [.07, .25, .68], [.97, .02, .01]])
@@ -66,7 +66,7 @@ def test_absent_class_still_counts():
 
 def test_confidence_on_a_bin_edge_goes_to_the_bin_it_opens():
     """Edges by hand, 10 bins: 0.5 -> [0.5, 0.6), 0.6 -> [0.6, 0.7), 1.0 -> the last bin [0.9, 1.0]."""
-    from lossablation.metrics import calibration_errors, reliability_bins
+    from lossablation.train.metrics import calibration_errors, reliability_bins
 
     probs = np.array([[0.6, 0.3, 0.1], [0.5, 0.25, 0.25], [1.0, 0.0, 0.0], [0.25, 0.5, 0.25], [0.2, 0.2, 0.6]])
     labels = np.array([0, 1, 0, 1, 1])  # correct, wrong, correct, correct, wrong

@@ -7,7 +7,7 @@ import torch
 
 from lossablation.commands_train import model_summary_main
 from lossablation.errors import LossAblationError
-from lossablation.models import (Stage1Model, Stage2Model, build_stage2_model, load_stage1_model,
+from lossablation.model.networks import (Stage1Model, Stage2Model, build_stage2_model, load_stage1_model,
                                  parameter_summary, stage1_checkpoint_dict)
 
 

@@ -1,4 +1,4 @@
-"""lossablation.stats against the reference §3 oracles, statsmodels and pingouin."""
+"""lossablation.analysis.stats against the reference §3 oracles, statsmodels and pingouin."""
 
 import math
 import warnings
@@ -9,7 +9,7 @@ import pingouin as pg
 import pytest
 from statsmodels.stats.power import TTestPower
 
-from lossablation import stats
+from lossablation.analysis import stats
 
 BASE = [58.2, 58.5, 58.1, 58.9, 58.4]
 ARMS = {"4A": [58.4, 58.3, 58.6, 59.0, 58.5], "4B": [59.0, 59.4, 58.6, 59.9, 59.1],

@@ -1,4 +1,4 @@
-"""lossablation.steps: the eager step loop, the CUDA-graphed one, and what the graph relies on.
+"""lossablation.train.steps: the eager step loop, the CUDA-graphed one, and what the graph relies on.
 
 The CUDA tests (graphed == eager to float rounding, including a learning-rate change after capture, a short
 last batch and dropout; Stage 1 with BatchNorm and channels_last; a graphed run killed and resumed) run where
@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from test_training import comparable, run_cli, synthetic_blockset, write_config
 
-from lossablation.data import save_npz
-from lossablation.fastpath import FastStage2, compute_h3
-from lossablation.losses import build_arm_loss
-from lossablation.models import Stage1Model, build_stage2_model, stage1_checkpoint_dict
-from lossablation.steps import StepRunner, batch_slices, learning_rate, make_adamw
-from lossablation.training import KILL_AFTER_EPOCH_ENV, set_determinism, use_cuda_graph
+from lossablation.data.blocks import save_npz
+from lossablation.model.fastpath import FastStage2, compute_h3
+from lossablation.train.losses import build_arm_loss
+from lossablation.model.networks import Stage1Model, build_stage2_model, stage1_checkpoint_dict
+from lossablation.train.steps import StepRunner, batch_slices, learning_rate, make_adamw
+from lossablation.train.trainer import KILL_AFTER_EPOCH_ENV, set_determinism, use_cuda_graph
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -1,8 +1,8 @@
-"""lossablation.tables: formatting, LaTeX escaping, bold best cells, booktabs output."""
+"""lossablation.analysis.tables: formatting, LaTeX escaping, bold best cells, booktabs output."""
 
 import pandas as pd
 
-from lossablation import tables
+from lossablation.analysis import tables
 
 
 def small_table() -> tables.Table:

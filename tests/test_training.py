@@ -16,10 +16,10 @@ import yaml
 
 from lossablation.commands_train import train_main
 from lossablation.config import load_config
-from lossablation.data import BlockSet, save_npz
-from lossablation.metrics import classification_metrics
-from lossablation.models import Stage1Model, load_stage1_model, stage1_checkpoint_dict
-from lossablation.training import KILL_AFTER_EPOCH_ENV, KILL_DURING_WRITE_ENV, train_stage1, train_stage2
+from lossablation.data.blocks import BlockSet, save_npz
+from lossablation.train.metrics import classification_metrics
+from lossablation.model.networks import Stage1Model, load_stage1_model, stage1_checkpoint_dict
+from lossablation.train.trainer import KILL_AFTER_EPOCH_ENV, KILL_DURING_WRITE_ENV, train_stage1, train_stage2
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

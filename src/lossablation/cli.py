@@ -35,7 +35,7 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
 
 def _cmd_split(args: argparse.Namespace) -> int:
     from lossablation.config import load_config
-    from lossablation.data import write_split_audit
+    from lossablation.data.blocks import write_split_audit
 
     write_split_audit(load_config(args.config), args.out)
     return 0

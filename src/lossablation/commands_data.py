@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from .avdata import make_dataset
-from .data import describe, format_description
+from lossablation.data.av1 import make_dataset
+from lossablation.data.blocks import describe, format_description
 
 
 def describe_data_main(path: str, as_json: bool) -> int:

@@ -23,7 +23,7 @@ def _setup_logging() -> None:
 
 def model_summary_main(stage1: str | None, as_json: bool, reduction: int = 4) -> int:
     """Print total / trainable / backbone / adapter / head parameter counts of the Stage-2 model."""
-    from lossablation.models import build_stage2_model, parameter_summary
+    from lossablation.model.networks import build_stage2_model, parameter_summary
 
     if reduction < 1:
         raise LossAblationError(f"--reduction: must be >= 1, got {reduction}")
@@ -47,7 +47,7 @@ def model_summary_main(stage1: str | None, as_json: bool, reduction: int = 4) ->
 
 def train_stage1_main(config_path: str, out_dir: str) -> int:
     from lossablation.config import load_config
-    from lossablation.training import train_stage1
+    from lossablation.train.trainer import train_stage1
 
     _setup_logging()
     cfg = load_config(config_path)
@@ -61,7 +61,7 @@ def train_stage1_main(config_path: str, out_dir: str) -> int:
 
 def train_main(config_path: str, arm: str, seed: int, stage1_path: str, out_dir: str) -> int:
     from lossablation.config import load_config
-    from lossablation.training import train_stage2
+    from lossablation.train.trainer import train_stage2
 
     _setup_logging()
     cfg = load_config(config_path)

@@ -88,7 +88,7 @@ def _check_schema(cfg: dict, source: str) -> None:
 
 
 def _check_semantics(cfg: dict, source: str) -> None:
-    from lossablation.losses import check_loss_params  # torch import: only once the schema passed
+    from lossablation.train.losses import check_loss_params  # torch import: only once the schema passed
 
     arms = cfg["losses"]
     if cfg["baseline"] not in arms:

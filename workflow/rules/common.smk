@@ -1,5 +1,5 @@
 # Paths and input functions shared by the rules (no training logic here: that lives in src/lossablation).
-from lossablation.aggregate import output_files
+from lossablation.analysis.aggregate import output_files
 from lossablation.config import training_device
 
 R = config["results"]

@@ -25,12 +25,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .errors import LossAblationError
-from .io import atomic_path, atomic_write_json, sha256_file, sha256_json
+from lossablation.classes import PARTITION_NAMES, STAGE2_CLASSES
+from lossablation.errors import LossAblationError
+from lossablation.io import atomic_path, atomic_write_json, sha256_file, sha256_json
 
-PARTITION_NAMES: tuple[str, ...] = ("NONE", "HORZ", "VERT", "SPLIT", "HORZ_A", "HORZ_B", "VERT_A", "VERT_B",
-                                    "HORZ_4", "VERT_4")
-STAGE2_CLASSES: tuple[str, ...] = ("SPLIT", "RECT", "AB")
 DEFAULT_GROUPS: dict[str, list[str]] = {
     "SPLIT": ["SPLIT"],
     "RECT": ["HORZ", "VERT", "HORZ_4", "VERT_4"],

@@ -9,7 +9,7 @@ Pipeline (see ``../shared/reference/av1-dataset.md``):
 3. :func:`derive_partition_labels` turns a block-size map into 16x16 partition ids by the reference rules;
    a pattern outside those rules raises, it is never skipped.
 4. Pixels come from the SOURCE luma (not the reconstruction); everything goes into one compressed npz
-   (format documented in ``config/README.md``, read by :func:`lossablation.data.load_dataset`).
+   (format documented in ``config/README.md``, read by :func:`lossablation.data.blocks.load_dataset`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import LossAblationError
-from .io import atomic_path, atomic_write_json, sha256_file
+from lossablation.errors import LossAblationError
+from lossablation.io import atomic_path, atomic_write_json, sha256_file
 
 # ----------------------------------------------------------------------------------------------------------------
 # libaom BLOCK_SIZE codes (enum order in av1/common/enums.h) -> (width, height) in pixels
@@ -42,7 +42,7 @@ B8X8, B8X16, B16X8, B16X16, B4X16, B16X4 = (_CODE[(8, 8)], _CODE[(8, 16)], _CODE
 _WIDTH = np.array([w for w, _ in BLOCK_SIZES])
 _HEIGHT = np.array([h for _, h in BLOCK_SIZES])
 
-# partition ids (same order as lossablation.data.PARTITION_NAMES)
+# partition ids (same order as lossablation.data.blocks.PARTITION_NAMES)
 NONE, HORZ, VERT, SPLIT, HORZ_A, HORZ_B, VERT_A, VERT_B, HORZ_4, VERT_4 = range(10)
 NOT_A_NODE = -1
 
@@ -458,7 +458,7 @@ def make_dataset(inputs: Sequence[str], out: str | os.PathLike, cq_levels: Seque
                  max_frames: int | None = None, variants: Sequence[str] = ("orig",), jobs: int | None = None,
                  log: Callable[[str], None] | None = None) -> dict:
     """Encode every input at every cq level, label the 16x16 nodes, write one npz. Returns a summary dict."""
-    from .data import PARTITION_NAMES, BlockSet, save_npz
+    from lossablation.data.blocks import PARTITION_NAMES, BlockSet, save_npz
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if not inputs:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-STAGE2_CLASS_NAMES = ("SPLIT", "RECT", "AB")
+from lossablation.classes import STAGE2_CLASSES
 
 
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> pd.DataFrame:
@@ -52,7 +52,7 @@ def calibration_errors(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15,
                            loss: float | None = None,
-                           class_names: Sequence[str] = STAGE2_CLASS_NAMES) -> dict[str, Any]:
+                           class_names: Sequence[str] = STAGE2_CLASSES) -> dict[str, Any]:
     """The METRICS dict of design.md for one split.
 
     ``confusion_matrix``: rows = true class, row-normalised (each non-empty row sums to 1; an absent class

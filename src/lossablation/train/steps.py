@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 
 import torch
 
-log = logging.getLogger("lossablation.steps")
+log = logging.getLogger("lossablation.train.steps")
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock
 
-from lossablation.models import ConvAdapter, ImprovedBackbone, SpatialAttention, SqueezeExcitation, Stage2Model
+from lossablation.model.networks import ConvAdapter, ImprovedBackbone, SpatialAttention, SqueezeExcitation, Stage2Model
 
 
 def conv_as_matrix(conv: nn.Conv2d, in_h: int, in_w: int) -> tuple[torch.Tensor, slice, slice]:

@@ -4,7 +4,7 @@ Module and parameter names follow the researcher's v7 code (see ``shared/referen
 v7 ``stage1_model_best.pt`` loads strictly and our Stage-2 checkpoints keep the v7 adapter names.
 
 Shapes for a 16x16 input: conv1 (stride 2) -> 8x8, maxpool -> 4x4, layer1 4x4, layer2 2x2, layer3 1x1,
-layer4 1x1. ``lossablation.fastpath`` uses that to compute the frozen parts exactly as matrix products.
+layer4 1x1. ``lossablation.model.fastpath`` uses that to compute the frozen parts exactly as matrix products.
 
 Head dropout: the plan's "progressive dropout 0.1-0.4" names four values for a head with two dropout layers;
 the code behind the 58.53 % baseline uses 0.4 twice. We follow the code (``cfg["model"]["head_dropout"]``,

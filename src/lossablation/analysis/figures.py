@@ -1,6 +1,6 @@
 """Seaborn figures of a sweep (PNG + PDF, Agg backend). Each function draws one figure and writes both files.
 
-Inputs are tidy frames built by :mod:`lossablation.aggregate` (values in percent). A figure with no data still
+Inputs are tidy frames built by :mod:`lossablation.analysis.aggregate` (values in percent). A figure with no data still
 gets written (an empty panel that says so) so the Snakemake rule's declared outputs always exist.
 """
 
@@ -17,10 +17,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from lossablation.classes import STAGE2_CLASSES
 from lossablation.io import atomic_write_with  # noqa: E402
-from lossablation.metrics import reliability_bins  # noqa: E402
+from lossablation.train.metrics import reliability_bins  # noqa: E402
 
-CLASSES = ("SPLIT", "RECT", "AB")
 FIG_SUFFIXES = ("png", "pdf")
 DPI = 120
 
@@ -100,7 +100,7 @@ def confusion(matrix: np.ndarray | None, arm: str, n_runs: int, out_dir, stem: s
         _empty(ax)
         ax.set_title(arm)
     else:
-        sns.heatmap(pd.DataFrame(matrix, index=CLASSES, columns=CLASSES), annot=True, fmt=".2f", vmin=0, vmax=1,
+        sns.heatmap(pd.DataFrame(matrix, index=STAGE2_CLASSES, columns=STAGE2_CLASSES), annot=True, fmt=".2f", vmin=0, vmax=1,
                     cmap="Blues", cbar=False, square=True, ax=ax)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")

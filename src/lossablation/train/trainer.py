@@ -4,7 +4,7 @@ Performance choices (docs/performance.md): the data lives on the training device
 each epoch's order comes from a seeded ``torch.Generator``; the per-batch loss is accumulated on the device
 and read once per epoch (one host sync per epoch, which is also where finiteness is checked); evaluation
 runs in large batches under ``torch.inference_mode``. In Stage 2 the frozen prefix (conv1 .. layer3 + SE3)
-is computed once per split and each step runs the exact matrix-product path of ``lossablation.fastpath``.
+is computed once per split and each step runs the exact matrix-product path of ``lossablation.model.fastpath``.
 
 Resume: at every epoch end the full training state (trainable weights, optimizer, scheduler, RNG states of
 torch / numpy / python and the data-order generator, best epoch so far with its weights, history) is
@@ -41,18 +41,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lossablation import __version__
+from lossablation.classes import STAGE1_CLASSES, STAGE2_CLASSES
 from lossablation.errors import LossAblationError
-from lossablation.fastpath import FastStage2, compute_h3
+from lossablation.model.fastpath import FastStage2, compute_h3
 from lossablation.io import atomic_write_json, atomic_write_text, atomic_write_with, sha256_file, \
     sha256_json
-from lossablation.metrics import classification_metrics, macro_f1
-from lossablation.models import Stage1Model, Stage2Model, build_stage2_model, stage1_checkpoint_dict
-from lossablation.steps import StepRunner, autocast, batch_slices, learning_rate, make_adamw
+from lossablation.train.metrics import classification_metrics, macro_f1
+from lossablation.model.networks import Stage1Model, Stage2Model, build_stage2_model, stage1_checkpoint_dict
+from lossablation.train.steps import StepRunner, autocast, batch_slices, learning_rate, make_adamw
 
-log = logging.getLogger("lossablation.training")
+log = logging.getLogger("lossablation.train.trainer")
 
-STAGE2_CLASS_NAMES = ("SPLIT", "RECT", "AB")
-STAGE1_CLASS_NAMES = ("NONE", "PARTITIONED")
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_macro_f1", "lr_adapter", "lr_head", "seconds")
 STAGE1_HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_macro_f1", "lr", "seconds")
 
@@ -154,7 +153,7 @@ def package_versions() -> dict[str, str]:
 
 def code_version() -> str:
     """Package version plus the git commit of the source tree when there is one."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5)
@@ -345,7 +344,7 @@ class Stage2Data:
 
 def stage2_tensors(splits: Any, groups: Mapping[str, Any] | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) per side with NONE (and ungrouped) blocks removed."""
-    from lossablation.data import stage2_targets
+    from lossablation.data.blocks import stage2_targets
 
     out = {}
     for side in ("train", "val", "test"):
@@ -379,10 +378,10 @@ def train_stage2(cfg: Mapping[str, Any], arm: str, seed: int, stage1_path: str |
                  model_hook: Callable[[Stage2Model], None] | None = None) -> dict[str, Any]:
     """Train one (arm, seed) Stage-2 run into ``out_dir``; returns its metrics.json dict.
 
-    ``splits`` may be given (tests); otherwise ``lossablation.data.make_splits(cfg)``. ``model_hook`` receives
+    ``splits`` may be given (tests); otherwise ``lossablation.data.blocks.make_splits(cfg)``. ``model_hook`` receives
     the trained model (selected weights loaded) at the end, for inspection.
     """
-    from lossablation.losses import build_arm_loss
+    from lossablation.train.losses import build_arm_loss
 
     t_start = time.perf_counter()
     if arm not in cfg["losses"]:
@@ -397,7 +396,7 @@ def train_stage2(cfg: Mapping[str, Any], arm: str, seed: int, stage1_path: str |
     stage1_sha = sha256_file(stage1_path)
 
     if splits is None:
-        from lossablation.data import make_splits
+        from lossablation.data.blocks import make_splits
 
         splits = make_splits(cfg)
     tensors = stage2_tensors(splits, cfg.get("classes"))
@@ -469,13 +468,13 @@ def train_stage2(cfg: Mapping[str, Any], arm: str, seed: int, stage1_path: str |
             probs, loss = predict_stage2(fast, data[side], loss_fn, tcfg["eval_batch_size"], bf16)
             labels = data[side].y.cpu().numpy()
             arrays[f"{side}_probs"], arrays[f"{side}_labels"] = probs, labels
-            m = classification_metrics(labels, probs, cfg.get("calibration_bins", 15), loss, STAGE2_CLASS_NAMES)
+            m = classification_metrics(labels, probs, cfg.get("calibration_bins", 15), loss, STAGE2_CLASSES)
             if side == "val":
                 val_m = m
             else:
                 test_m = m
     else:  # diverged before any finite epoch: empty predictions and no weights, so every declared output exists
-        n_classes = len(STAGE2_CLASS_NAMES)
+        n_classes = len(STAGE2_CLASSES)
         for side in ("val", "test"):
             arrays[f"{side}_probs"] = np.zeros((0, n_classes), dtype=np.float32)
             arrays[f"{side}_labels"] = np.zeros((0,), dtype=np.int64)
@@ -487,7 +486,7 @@ def train_stage2(cfg: Mapping[str, Any], arm: str, seed: int, stage1_path: str |
     metrics.update({
         "wall_time_s": time.perf_counter() - t_start,
         "val": val_m, "test": test_m,
-        "train_class_counts": dict(zip(STAGE2_CLASS_NAMES, (int(c) for c in train_counts))),
+        "train_class_counts": dict(zip(STAGE2_CLASSES, (int(c) for c in train_counts))),
         "class_weights": [float(w) for w in loss_fn.weight.tolist()],
         "hyperparameters": hyper,
         "loss": {"kind": cfg["losses"][arm]["kind"], "params": dict(loss_fn.params),
@@ -551,7 +550,7 @@ def subsample(n: int, cap: int | None, seed: int) -> torch.Tensor | None:
 def train_stage1(cfg: Mapping[str, Any], out_dir: str | os.PathLike, splits: Any = None) -> dict[str, Any]:
     """Train backbone + binary head (NONE vs partitioned) into ``out_dir``: the v7-layout
     ``stage1_model_best.pt`` plus ``metrics.json`` and ``history.csv``. Returns the metrics dict."""
-    from lossablation.data import stage1_targets
+    from lossablation.data.blocks import stage1_targets
 
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -567,7 +566,7 @@ def train_stage1(cfg: Mapping[str, Any], out_dir: str | os.PathLike, splits: Any
     eval_bs = int(tcfg.get("eval_batch_size", 8192))
     seed = int(scfg.get("seed", 42))
     if splits is None:
-        from lossablation.data import make_splits
+        from lossablation.data.blocks import make_splits
 
         splits = make_splits(cfg)
     x_train, y_train = splits.train.x, stage1_targets(splits.train.partition)
@@ -628,7 +627,7 @@ def train_stage1(cfg: Mapping[str, Any], out_dir: str | os.PathLike, splits: Any
         bins = cfg.get("calibration_bins", 15)
         for side, (x, y) in {"val": (x_val, y_val), "test": (x_test, y_test)}.items():
             probs, loss = predict_stage1(model, x, y, eval_bs, channels_last, bf16)
-            m = classification_metrics(y.cpu().numpy(), probs, bins, loss, STAGE1_CLASS_NAMES)
+            m = classification_metrics(y.cpu().numpy(), probs, bins, loss, STAGE1_CLASSES)
             val_m, test_m = (m, test_m) if side == "val" else (val_m, m)
     write_history(out / "history.csv", result.history, STAGE1_HISTORY_COLUMNS)
     metrics = {

@@ -4,10 +4,10 @@ A :class:`Table` holds the display cells (strings, one row per arm), the raw num
 for re-analysis), which cells are the best of their column (bold), the caption (naming the test) and notes
 (warnings that must travel with the numbers). Percentages are shown with 2 decimals.
 
-Inputs, built by :mod:`lossablation.aggregate` (all values in percent / percentage points):
+Inputs, built by :mod:`lossablation.analysis.aggregate` (all values in percent / percentage points):
 
 - ``summary``: columns ``metric, arm, n, mean, sd`` (descriptive, usable runs of each arm);
-- ``tests``: columns ``metric`` + :data:`lossablation.stats.COLUMNS` (paired tests vs the baseline).
+- ``tests``: columns ``metric`` + :data:`lossablation.analysis.stats.COLUMNS` (paired tests vs the baseline).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lossablation.classes import STAGE2_CLASSES
 from lossablation.io import atomic_write_text
 
 SIG_MARK = "†"
 DASH = "—"
-CLASSES = ("SPLIT", "RECT", "AB")
 
 
 @dataclass
@@ -152,14 +152,14 @@ def table_overall(summary, tests, arms, baseline, n_runs, notes) -> Table:
 def table_per_class(summary, tests, arms, baseline, n_runs, notes) -> Table:
     """Table 2: per-class F1 (SPLIT, RECT, AB) with Δ and p_Holm for each class."""
     cols = ["Arm", "Runs"]
-    for c in CLASSES:
+    for c in STAGE2_CLASSES:
         cols += [f"{c} F1 (%)", f"Δ {c} (pp)", f"p_Holm {c}"]
     cols.append("n_pairs")
     cells, numbers, best = [], [], {}
     for arm, label in zip(arms, _arms_label(arms, baseline)):
         row, rec = [label, n_runs[arm]], {"arm": arm, "runs": n_runs[arm]}
         n_pairs = None
-        for c in CLASSES:
+        for c in STAGE2_CLASSES:
             m = f"f1_{c}"
             t = _test_row(tests, m, arm)
             row += [fmt_mean_sd(_stat(summary, m, arm, "mean"), _stat(summary, m, arm, "sd")), fmt_delta(t),
@@ -173,7 +173,7 @@ def table_per_class(summary, tests, arms, baseline, n_runs, notes) -> Table:
         rec["n_pairs"] = np.nan if n_pairs is None else n_pairs
         cells.append(row)
         numbers.append(rec)
-    for c in CLASSES:
+    for c in STAGE2_CLASSES:
         m = f"f1_{c}"
         best[f"{c} F1 (%)"] = _best_arms({a: _stat(summary, m, a, "mean") for a in arms}, True)
         best[f"Δ {c} (pp)"] = _best_arms(

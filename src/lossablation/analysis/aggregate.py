@@ -34,11 +34,11 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from lossablation import figures, stats, tables
+from lossablation.classes import STAGE2_CLASSES
+from lossablation.analysis import figures, stats, tables
 from lossablation.errors import LossAblationError
 from lossablation.io import atomic_write_text
 
-CLASSES = ("SPLIT", "RECT", "AB")
 PERCENT_METRICS = ("macro_f1", "macro_precision", "macro_recall", "accuracy", "ece", "mce")
 #: metric -> higher is better, for the paired tests (ECE: lower is better)
 TESTED_METRICS = {"macro_f1": True, "accuracy": True, "f1_SPLIT": True, "f1_RECT": True, "f1_AB": True,
@@ -125,8 +125,8 @@ def flatten_metrics(block: Mapping[str, Any]) -> dict[str, float]:
             flat[f"{k}_{cls}"] = float(v)
     cm = block.get("confusion_matrix")
     if cm is not None:
-        for i, true in enumerate(CLASSES):
-            for j, pred in enumerate(CLASSES):
+        for i, true in enumerate(STAGE2_CLASSES):
+            for j, pred in enumerate(STAGE2_CLASSES):
                 flat[f"confusion_{true}_{pred}"] = float(cm[i][j])
     return flat
 
@@ -162,7 +162,7 @@ def analyse(tidy: pd.DataFrame, runs: list[Run], arms: list[str], baseline: str,
     """(summary: metric/arm/n/mean/sd, tests: metric + stats.COLUMNS, per-metric value frames)."""
     usable = {(r.arm, r.seed) for r in runs if r.usable}
     values, summaries, tests = {}, [], []
-    metrics = list(PERCENT_METRICS) + [f"f1_{c}" for c in CLASSES]
+    metrics = list(PERCENT_METRICS) + [f"f1_{c}" for c in STAGE2_CLASSES]
     for metric in metrics:
         values[metric] = test_values(tidy, usable, metric)
         summaries.append(stats.describe(values[metric], arms).assign(metric=metric))

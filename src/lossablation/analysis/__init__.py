@@ -1,0 +1,1 @@
+"""From run folders to answers: paired statistics, tables, figures and verdicts."""
