@@ -26,19 +26,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from lossablation.model.fastpath import FastStage2, compute_h3  # noqa: E402
-from lossablation.train.losses import build_arm_loss  # noqa: E402
+from lossablation.train.losses import DEFAULT_ARMS, build_arm_loss  # noqa: E402
 from lossablation.model.networks import build_stage2_model  # noqa: E402
 from lossablation.train.steps import StepRunner, batch_slices, make_adamw  # noqa: E402
-from lossablation.train.trainer import set_determinism  # noqa: E402
+from lossablation.train.environment import set_determinism  # noqa: E402
 
 DEMO = ROOT / "resources" / "demo" / "av1_demo.npz"
+BASELINE = DEFAULT_ARMS["baseline"]   # focal, gamma 2, class-balanced weights
 
 
 def load_data(n_synthetic: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     if DEMO.exists():
-        from lossablation.data.blocks import make_splits, stage2_targets
+        from lossablation.config import load_config
+        from lossablation.data.splits import make_splits
+        from lossablation.data.targets import stage2_targets
 
-        splits = make_splits({"dataset": str(DEMO), "split": {"seed": 0, "val_fraction": 0.15, "test_fraction": 0.15}})
+        # the schema's default split (seed 0, 15 % val, 15 % test) and classes
+        splits = make_splits(load_config({"dataset": str(DEMO), "losses": {"baseline": BASELINE}}, check_paths=False))
         y = stage2_targets(splits.train.partition)
         keep = y >= 0
         return splits.train.x[keep], y[keep], f"{DEMO.name} (Stage-2 train blocks)"
@@ -53,10 +57,10 @@ def peak_rss_mib() -> float:
 
 
 def make_run(device: torch.device, counts: list[int], ours: bool = False, cuda_graph: bool = False):
-    """Model, loss and AdamW: the default for-loop AdamW for the reference, ours as in training.train_stage2."""
+    """Model, loss and AdamW: the default for-loop AdamW for the reference, ours as in lossablation.train.stage2."""
     torch.manual_seed(0)
     model = build_stage2_model(None).to(device)
-    loss_fn = build_arm_loss({"kind": "focal", "params": {"gamma": 2.0}}, counts, 0.9999, "loss_weights").to(device)
+    loss_fn = build_arm_loss(BASELINE, counts, 0.9999, "loss_weights").to(device)
     groups = [{"params": list(model.adapters.parameters()), "lr": 1e-3},
               {"params": list(model.head.parameters()), "lr": 1e-4}]
     if ours:

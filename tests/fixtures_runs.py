@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-CLASSES = ("SPLIT", "RECT", "AB")
+from lossablation.classes import STAGE2_CLASSES as CLASSES
 
 # Reference §3 oracle (percent), seeds 1..5; arms named as in config/config.yaml
 ORACLE = {
@@ -38,7 +38,9 @@ def metrics_block(macro_f1: float, ab_f1: float, n: int = 300) -> dict:
 
 
 def write_run(root: Path, arm: str, seed: int, macro_f1: float | None, ab_f1: float = 0.15,
-              status: str = "completed", block_level: bool = False, n_epochs: int = 4) -> Path:
+              status: str = "completed", block_level: bool = False, n_epochs: int = 4,
+              nan_loss_epoch: int | None = None) -> Path:
+    """One run folder; ``nan_loss_epoch``: that epoch's train_loss in history.csv is written as nan."""
     folder = Path(root) / arm / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     block = None if macro_f1 is None else metrics_block(macro_f1, ab_f1)
@@ -59,15 +61,16 @@ def write_run(root: Path, arm: str, seed: int, macro_f1: float | None, ab_f1: fl
         np.savez(folder / "predictions.npz", val_probs=probs, val_labels=labels, test_probs=probs,
                  test_labels=labels)
         lines = ["epoch,train_loss,val_loss,val_macro_f1,lr_adapter,lr_head,seconds"]
-        lines += [f"{e},{1 / e:.4f},{1.1 / e:.4f},{macro_f1 * (0.8 + 0.05 * e):.6f},0.001,0.0001,1.0"
-                  for e in range(1, n_epochs + 1)]
+        lines += [f"{e},{'nan' if e == nan_loss_epoch else f'{1 / e:.4f}'},{1.1 / e:.4f},"
+                  f"{macro_f1 * (0.8 + 0.05 * e):.6f},0.001,0.0001,1.0" for e in range(1, n_epochs + 1)]
         (folder / "history.csv").write_text("\n".join(lines) + "\n")
     return folder
 
 
 def write_sweep(root: Path, values: dict[str, list[float]], seeds=SEEDS, ab: dict[str, float] | None = None,
-                skip=(), diverged=(), block_level=False) -> Path:
-    """values in percent per arm and seed; ``skip``/``diverged``: (arm, seed) pairs."""
+                skip=(), diverged=(), block_level=False, nan_loss=()) -> Path:
+    """values in percent per arm and seed; ``skip``/``diverged``/``nan_loss``: (arm, seed) pairs (``nan_loss``:
+    a completed run whose history.csv has a nan training loss at epoch 2)."""
     ab = ab or {}
     for arm, per_seed in values.items():
         for seed, v in zip(seeds, per_seed):
@@ -77,5 +80,5 @@ def write_sweep(root: Path, values: dict[str, list[float]], seeds=SEEDS, ab: dic
                 write_run(root, arm, seed, None, status="diverged", block_level=block_level)
             else:
                 write_run(root, arm, seed, v / 100.0, ab_f1=ab.get(arm, 0.15) + 0.001 * seed,
-                          block_level=block_level)
+                          block_level=block_level, nan_loss_epoch=2 if (arm, seed) in nan_loss else None)
     return Path(root)

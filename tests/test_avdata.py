@@ -1,18 +1,16 @@
-"""lossablation.data.av1: partition labels from libaom block-size maps, inputs, and make-dataset end to end."""
+"""make-dataset: partition labels from libaom block-size maps (data.av1labels), inputs (data.clips), the libaom
+tools (data.aomtools) and the command end to end (data.make_dataset, through the CLI)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lossablation.data.av1 import (
-    NOT_A_NODE, classify_node, crop16, derive_partition_labels, luma_u8, read_y4m, write_y4m,
-)
+from lossablation.data.av1labels import NOT_A_NODE, classify_node, derive_partition_labels
+from lossablation.data.clips import crop16, luma_u8, read_y4m, write_y4m
 from lossablation.errors import LossAblationError
 
 # libaom BLOCK_SIZE codes, written out from the reference's enum list (4x4, 4x8, 8x4, ...; width x height)
@@ -125,8 +123,9 @@ def test_make_dataset_end_to_end(tmp_path):
     import skimage.data
     import skimage.io
 
-    from lossablation.data.av1 import BLOCK_SIZES, Tools, prepare_tools
-    from lossablation.commands_data import make_dataset_main
+    from lossablation.cli import main as cli_main
+    from lossablation.data.aomtools import Tools, prepare_tools
+    from lossablation.data.av1labels import BLOCK_SIZES
     from lossablation.data.blocks import load_dataset
 
     cache = os.environ.get("LOSSABLATION_AOM_CACHE", "~/.cache/lossablation/aom")
@@ -141,10 +140,9 @@ def test_make_dataset_end_to_end(tmp_path):
     video = np.stack([np.roll(camera[:96, :128], 2 * t, axis=1) for t in range(4)])
     write_y4m(tmp_path / "pan.y4m", video)
     out = tmp_path / "tiny.npz"
-    args = argparse.Namespace(inputs=[str(tmp_path / "camera.png"), str(tmp_path / "coins.png"),
-                                      str(tmp_path / "pan.y4m")],
-                              out=str(out), cq=[20, 50], cpu_used=4, cache=cache, max_frames=3)
-    assert make_dataset_main(args) == 0
+    argv = ["make-dataset", str(tmp_path / "camera.png"), str(tmp_path / "coins.png"), str(tmp_path / "pan.y4m"),
+            "--out", str(out), "--cq", "20", "50", "--cpu-used", "4", "--cache", cache, "--max-frames", "3"]
+    assert cli_main(argv) == 0
 
     ds = load_dataset(out)
     assert ds.source_names == ("camera", "coins", "pan") and ds.bit_depth == 8

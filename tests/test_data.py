@@ -1,8 +1,10 @@
-"""lossablation.data.blocks: v7 + npz readers, validation messages, Stage-1/2 targets, grouped splits, describe."""
+"""lossablation.data: v7 + npz readers, validation messages, Stage-1/2 targets, grouped splits, describe."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -10,11 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from lossablation.commands_data import describe_data_main
-from lossablation.data.blocks import (
-    PARTITION_NAMES, STAGE2_CLASSES, BlockSet, describe, grouped_assignment, load_dataset, make_splits, save_npz,
-    stage1_targets, stage2_targets, write_split_audit,
-)
+from lossablation.classes import PARTITION_NAMES, STAGE2_CLASSES
+from lossablation.cli import main as cli_main
+from lossablation.config import load_config
+from lossablation.data.blocks import BlockSet, load_dataset, save_npz
+from lossablation.data.describe import describe
+from lossablation.data.grouping import grouped_assignment
+from lossablation.data.splits import make_splits, write_split_audit
+from lossablation.data.targets import stage1_targets, stage2_targets
 from lossablation.errors import LossAblationError
 
 # The v7 stage-2 / stage-3 encodings written out by hand from the v7 reference table (the oracle).
@@ -65,9 +70,15 @@ def synthetic_blockset(n_sources: int = 30, per_source: int = 60, seed: int = 0)
     )
 
 
+def raw_cfg_for(path, seed=0, **split) -> dict:
+    """A sweep config around ``path`` as a user writes it (the split spelled out, everything else default)."""
+    return {"dataset": str(path), "losses": {"baseline": {"kind": "cross_entropy"}},
+            "split": {"seed": seed, "val_fraction": 0.15, "test_fraction": 0.15, "v7_test_fraction": 0.5, **split}}
+
+
 def cfg_for(path, seed=0, **split) -> dict:
-    return {"dataset": str(path), "split": {"seed": seed, "val_fraction": 0.15, "test_fraction": 0.15,
-                                            "v7_test_fraction": 0.5, **split}}
+    """The validated config (defaults filled in), as the data functions take it."""
+    return load_config(raw_cfg_for(path, seed, **split))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -214,7 +225,7 @@ def test_split_audit_files(tmp_path):
 def test_describe_json_and_table(tmp_path, capsys):
     ds = synthetic_blockset(6, 30)
     save_npz(tmp_path / "d.npz", ds)
-    assert describe_data_main(str(tmp_path / "d.npz"), as_json=True) == 0
+    assert cli_main(["describe-data", str(tmp_path / "d.npz"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     expected = {name: int((ds.partition == k).sum()) for k, name in enumerate(PARTITION_NAMES)}
     assert out["n_blocks"] == len(ds) and out["partition_counts"] == expected and out["n_sources"] == 6
@@ -223,14 +234,14 @@ def test_describe_json_and_table(tmp_path, capsys):
                                     + expected["VERT_4"],
                                     "AB": expected["HORZ_A"] + expected["HORZ_B"] + expected["VERT_A"]
                                     + expected["VERT_B"]}
-    assert describe_data_main(str(tmp_path / "d.npz"), as_json=False) == 0
+    assert cli_main(["describe-data", str(tmp_path / "d.npz")]) == 0
     table = capsys.readouterr().out
     assert "VERT_4" in table and f"{len(ds):,}" in table
     assert set(STAGE2_CLASSES) <= set(table.split())
 
 
 def test_describe_v7_has_unknown_sources(v7_dir, capsys):
-    describe_data_main(str(v7_dir), as_json=True)
+    assert cli_main(["describe-data", str(v7_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_sources"] is None and out["n_blocks"] == 600
 
@@ -272,6 +283,18 @@ def _expect(path, pattern: str) -> None:
     ({"labels_stage0": torch.full((20,), -1)}, "train.pt: key 'labels_stage0': value -1 outside 0..9"),
     ({"labels_stage0": torch.zeros(19, dtype=torch.long)}, "train.pt: key 'labels_stage0': length 19 does not match"),
     ({"labels_stage0": torch.zeros(20)}, "train.pt: key 'labels_stage0': expected an integer dtype"),
+    # tensors that are not plain dense CPU tensors (issue 16)
+    ({"samples": torch.zeros(20, 1, 16, 16).to_sparse()},
+     "train.pt: key 'samples': expected a plain dense CPU tensor, got a tensor with sparse_coo layout"),
+    ({"samples": torch.empty(20, 1, 16, 16, device="meta")},
+     "train.pt: key 'samples': expected a plain dense CPU tensor, got a tensor with meta device"),
+    ({"labels_stage0": torch.zeros(20, dtype=torch.long).to_sparse()},
+     "train.pt: key 'labels_stage0': expected a plain dense CPU tensor, got a tensor with sparse_coo layout"),
+    ({"samples": torch.zeros(20, 1, 16, 16, dtype=torch.bfloat16)},
+     "train.pt: key 'samples': expected a plain dense CPU tensor"),
+    ({"samples": torch.zeros(20, 1, 16, 16, dtype=torch.complex64).conj()},
+     "train.pt: key 'samples': expected a plain dense CPU tensor"),
+    ({"samples": [[0.5]]}, "train.pt: key 'samples': expected a tensor, got list"),
 ])
 def test_bad_v7_inputs(tmp_path, changes, pattern):
     _expect(_v7_with(tmp_path, **changes), pattern)
@@ -317,9 +340,18 @@ def _npz_with(tmp_path: Path, **changes) -> Path:
     ({"source_id": lambda s: s + 10}, "bad.npz: key 'source_id': value"),
     ({"position": lambda p: p[:, :1]}, "bad.npz: key 'position': expected integer shape"),
     ({"bit_depth": np.array(12)}, "bad.npz: key 'bit_depth': 12 does not fit blocks of dtype uint8"),
+    ({"encoder": np.array("[1, 2]")}, "bad.npz: key 'encoder': expected a JSON object, got list"),
+    ({"qindex": lambda q: q.astype(object)}, "bad.npz: not a readable npz file (key 'qindex': Object arrays"),
 ])
 def test_bad_npz_inputs(tmp_path, changes, pattern):
     _expect(_npz_with(tmp_path, **changes), pattern)
+
+
+def test_npz_keys_outside_the_format_are_never_read(tmp_path):
+    path = _npz_with(tmp_path, notes=np.array([{"pickled": True}], dtype=object))  # unreadable without pickle
+    with pytest.raises(ValueError, match="allow_pickle"):
+        np.load(path, allow_pickle=False)["notes"]
+    assert len(load_dataset(path)) == len(load_dataset(tmp_path / "good.npz"))
 
 
 def test_bad_npz_files(tmp_path):
@@ -342,3 +374,108 @@ def test_demo_dataset_meets_its_promises():
     assert sum(info["counts"][s]["n_stage2"] for s in ("train", "val", "test")) >= 20_000
     assert all(info["counts"][s]["stage2"][c] > 0 for s in ("train", "val", "test") for c in STAGE2_CLASSES)
     assert info["encoder"]["cpu_used"] == 4
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# through the real CLI: exit 2, one line naming the culprit, no traceback, nothing written
+LOSSABLATION = Path(sys.executable).with_name("lossablation")  # the console script a user runs
+
+
+def cli_command(*args) -> list[str]:
+    head = [str(LOSSABLATION)] if LOSSABLATION.exists() else [sys.executable, "-m", "lossablation.cli"]
+    return head + [str(a) for a in args]
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=300)
+
+
+def assert_refused(proc: subprocess.CompletedProcess, *culprits: str) -> str:
+    """Exit status 2 and exactly one line on stderr that names every culprit; no traceback, no stdout."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and proc.stdout == "", proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for culprit in culprits:
+        assert culprit in lines[0], lines[0]
+    return lines[0]
+
+
+def write_config(tmp_path: Path, dataset: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(raw_cfg_for(dataset)))  # JSON is YAML
+    return path
+
+
+@pytest.mark.parametrize("bad", ["sparse", "meta"])
+def test_cli_refuses_a_v7_tensor_that_is_not_dense(tmp_path, bad):
+    value = (torch.zeros(20, 1, 16, 16).to_sparse() if bad == "sparse"
+             else torch.empty(20, 1, 16, 16, device="meta"))
+    folder = _v7_with(tmp_path, samples=value)
+    expected = "expected a plain dense CPU tensor"
+    assert_refused(run_cli("describe-data", folder), str(folder / "train.pt"), "key 'samples'", expected)
+    out = tmp_path / "out"
+    assert_refused(run_cli("split", "--config", write_config(tmp_path, folder), "--out", out),
+                   str(folder / "train.pt"), "key 'samples'", expected)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_class_absent_from_the_whole_dataset_is_named_as_such(tmp_path):
+    ds = synthetic_blockset(12, 50)
+    ds.partition[np.isin(ds.partition, [4, 5, 6, 7])] = 3  # no HORZ_A / HORZ_B / VERT_A / VERT_B anywhere
+    save_npz(tmp_path / "noab.npz", ds)
+    with pytest.raises(LossAblationError, match=r"noab\.npz: the dataset has no AB blocks at all "
+                                                r"\(classes\.AB: HORZ_A, HORZ_B, VERT_A, VERT_B\)"):
+        make_splits(cfg_for(tmp_path / "noab.npz"))
+    out = tmp_path / "results" / "data"
+    line = assert_refused(run_cli("split", "--config", write_config(tmp_path, tmp_path / "noab.npz"), "--out", out),
+                          str(tmp_path / "noab.npz"), "no AB blocks at all")
+    assert "split.seed" not in line  # no advice that cannot help
+    assert not out.exists() or not any(out.iterdir())
+
+
+def _add_zero_member(npz: Path, key: str, n_bytes: int) -> None:
+    """Append a real array of ``n_bytes`` zeros to an npz, streamed (the test never holds it in memory)."""
+    chunk = bytes(1 << 20)
+    with zipfile.ZipFile(npz, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open(f"{key}.npy", "w", force_zip64=True) as handle:
+            np.lib.format.write_array_header_1_0(handle, {"descr": "|u1", "fortran_order": False,
+                                                          "shape": (n_bytes,)})
+            for _ in range(n_bytes // len(chunk)):
+                handle.write(chunk)
+
+
+# Runs a command and prints its exit status and peak RSS. A child forked from pytest would count pytest's own
+# memory (torch included) as its peak, even across exec; a child of this small process does not.
+_MEASURE_PEAK_RSS = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stderr=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024, file=sys.stderr)  # Linux: kilobytes
+"""
+
+
+def peak_rss_bytes(*args) -> tuple[int, str]:
+    """Run the CLI (it must exit 0); its peak resident memory in bytes, and its stdout."""
+    proc = subprocess.run([sys.executable, "-c", _MEASURE_PEAK_RSS, *cli_command(*args)], capture_output=True,
+                          text=True, timeout=300)
+    status, peak = map(int, proc.stderr.split())
+    assert status == 0
+    return peak, proc.stdout
+
+
+def test_describe_data_reads_only_the_npz_keys_it_uses(tmp_path):
+    plain = tmp_path / "plain.npz"
+    save_npz(plain, synthetic_blockset(6, 30))
+    padded = tmp_path / "padded.npz"
+    padded.write_bytes(plain.read_bytes())
+    unused = 400 << 20
+    _add_zero_member(padded, "unused", unused)
+    with zipfile.ZipFile(padded) as zf:
+        assert zf.getinfo("unused.npy").file_size > unused and padded.stat().st_size < 10 << 20
+    rss_plain, out_plain = peak_rss_bytes("describe-data", plain, "--json")
+    rss_padded, out_padded = peak_rss_bytes("describe-data", padded, "--json")
+    described = json.loads(out_padded)
+    assert described["n_blocks"] == json.loads(out_plain)["n_blocks"]
+    assert rss_padded < rss_plain + unused // 4, (rss_plain >> 20, rss_padded >> 20)  # MiB
+    assert rss_padded < unused // 2, rss_padded >> 20

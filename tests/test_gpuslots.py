@@ -1,4 +1,8 @@
-"""GPU slot allocator: real processes, real fcntl locks, fake device counts (no GPU needed)."""
+"""GPU slot allocator: real processes, real fcntl locks, device counts given by the test (no GPU needed).
+
+The count is passed to ``acquire_gpu_slot`` or, where the allocator asks torch for it, injected from here by
+monkeypatching ``lossablation.gpuslots.device_count``: the package has no fake-device switch of its own.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,15 @@ import time
 import pytest
 
 from lossablation.errors import LossAblationError
-from lossablation.gpuslots import CUDA_ENV, ENV_FAKE_GPUS, ENV_LOCK_DIR, acquire_gpu_slot, device_count
+from lossablation import gpuslots
+from lossablation.gpuslots import CUDA_ENV, ENV_LOCK_DIR, acquire_gpu_slot, device_count
 
 CTX = mp.get_context("fork")
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch, tmp_path):
-    for var in (CUDA_ENV, "SLURM_JOB_ID", ENV_FAKE_GPUS):
+    for var in (CUDA_ENV, "SLURM_JOB_ID"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv(ENV_LOCK_DIR, str(tmp_path / "locks"))
 
@@ -137,14 +142,28 @@ def test_no_op_under_slurm_or_without_gpus(monkeypatch, tmp_path):
     assert not (tmp_path / "locks").exists()
 
 
-def test_device_count_from_fake_env(monkeypatch):
-    monkeypatch.setenv(ENV_FAKE_GPUS, "3")
-    assert device_count() == 3
-    with acquire_gpu_slot(timeout=1) as slot:  # n_devices taken from the fake count
+def test_device_count_defaults_to_torch_and_can_be_injected(monkeypatch):
+    import torch
+
+    assert device_count() == torch.cuda.device_count()  # no environment switch: torch's own count
+    monkeypatch.setenv("LOSSABLATION_FAKE_GPUS", "3")  # the removed test hook must have no effect
+    assert device_count() == torch.cuda.device_count()
+    monkeypatch.setattr(gpuslots, "device_count", lambda: 3)
+    with acquire_gpu_slot(timeout=1) as slot:  # n_devices taken from the injected count
         assert slot == "0"
-    monkeypatch.setenv(ENV_FAKE_GPUS, "two")
-    with pytest.raises(LossAblationError, match=ENV_FAKE_GPUS):
-        device_count()
+    queue, release = CTX.Queue(), CTX.Event()
+    holder = _start(_hold, None, queue, release, timeout=2)  # forked: inherits the patched count
+    assert queue.get(timeout=10) == ("0", "0")
+    with acquire_gpu_slot(timeout=1, poll_s=0.05) as slot:
+        assert slot == "1"
+    release.set()
+    holder.join(10)
+
+
+def test_runs_per_gpu_below_one_is_a_programming_error():
+    with pytest.raises(ValueError, match="runs_per_gpu must be >= 1"):
+        with acquire_gpu_slot(1, runs_per_gpu=0):
+            pass
 
 
 def test_runs_per_gpu_packs_runs_and_spreads_them_over_gpus_first():

@@ -9,15 +9,19 @@ import torch
 import torch.nn.functional as F
 from timm.loss import AsymmetricLossMultiLabel
 
+from lossablation.config import load_config
 from lossablation.errors import LossAblationError
+from lossablation.train import losses
 from lossablation.train.losses import (
     DEFAULT_ARMS,
+    LOSS_FUNCTIONS,
     LOSS_PARAMS,
     REBALANCE_MODES,
     build_arm_loss,
     class_balanced_weights,
     loss_mass_shares,
     make_loss,
+    resolve_rebalance,
 )
 
 KINDS = list(LOSS_PARAMS)
@@ -358,6 +362,11 @@ def test_build_arm_loss_rebalance(rebalance, weighting, expected):
     assert set(REBALANCE_MODES) == {"loss_weights", "sampler", "both", "none"}
 
 
+def sweep_config(arms: dict, rebalance: str = "loss_weights") -> dict:
+    """A minimal sweep config around ``arms`` (validated by ``load_config`` without touching the disk)."""
+    return {"dataset": "unused.npz", "losses": arms, "baseline": next(iter(arms)), "train": {"rebalance": rebalance}}
+
+
 @pytest.mark.parametrize("arm, rebalance, culprit", [
     ({"kind": "focal", "weighting": "inverse"}, "loss_weights", "weighting"),
     ({"kind": "focal", "weighting": "none"}, "oversample", "rebalance"),
@@ -365,9 +374,36 @@ def test_build_arm_loss_rebalance(rebalance, weighting, expected):
     ({"kind": "focal", "extra": 1}, "none", "extra"),
     ({"params": {}}, "none", "kind"),
 ])
-def test_build_arm_loss_errors(arm, rebalance, culprit):
-    with pytest.raises(LossAblationError, match=culprit):
-        build_arm_loss(arm, COUNTS, 0.9999, rebalance, key="losses.myarm")
+def test_arm_errors_are_refused_when_the_config_is_loaded(arm, rebalance, culprit):
+    """An arm is validated once, at config load (``build_arm_loss`` trusts the validated entry)."""
+    with pytest.raises(LossAblationError, match=culprit) as exc:
+        load_config(sweep_config({"myarm": arm}, rebalance), check_paths=False)
+    assert "\n" not in str(exc.value)
+
+
+def test_loss_params_validated_once_per_job(monkeypatch):
+    calls = []
+    check = losses.check_loss_params
+    monkeypatch.setattr(losses, "check_loss_params", lambda *a, **k: calls.append(a[0]) or check(*a, **k))
+    cfg = load_config(sweep_config({"a": {"kind": "focal"}, "b": {"kind": "poly1", "params": {"epsilon": 2}}}),
+                      check_paths=False)
+    assert calls == ["focal", "poly1"]                                   # once per arm, at load
+    built = [build_arm_loss(arm, COUNTS, 0.9999, "loss_weights") for arm in cfg["losses"].values()]
+    assert calls == ["focal", "poly1"]                                   # building the losses re-checks nothing
+    assert [loss.params for loss in built] == [{"gamma": 2.0}, {"epsilon": 2.0}]   # defaults filled, floats
+
+
+def test_unknown_kind_at_config_load_lists_the_registry():
+    with pytest.raises(LossAblationError, match="losses.myarm.kind") as exc:
+        load_config(sweep_config({"myarm": {"kind": "hinge"}}), check_paths=False)
+    assert all(kind in str(exc.value) for kind in LOSS_FUNCTIONS) and "\n" not in str(exc.value)
+
+
+def test_rebalance_resolved_in_one_place():
+    assert {mode: resolve_rebalance(mode) for mode in REBALANCE_MODES} == {
+        "loss_weights": (True, False), "sampler": (False, True), "both": (True, True), "none": (False, False)}
+    with pytest.raises(LossAblationError, match="train.rebalance.*'oversample'"):
+        resolve_rebalance("oversample")
 
 
 def test_user_defined_arm_from_config_alone():

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from lossablation.commands_train import model_summary_main
+from lossablation.commands import model_summary as model_summary_main
 from lossablation.errors import LossAblationError
 from lossablation.model.networks import (Stage1Model, Stage2Model, build_stage2_model, load_stage1_model,
                                  parameter_summary, stage1_checkpoint_dict)

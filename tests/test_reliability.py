@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from conftest import REPO, job_counts, tiny_sweep_config
+from faults import fault_env
 
 LOSSABLATION = [sys.executable, "-m", "lossablation.cli"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -205,6 +206,8 @@ def test_killed_sweep_reruns_only_missing_jobs_and_gives_the_same_tables(tiny_np
     assert unlock.returncode == 0, unlock.stderr[-2000:]
     rerun = snakemake(config, "--rerun-incomplete", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "removed the stale lock of a sweep that is gone" in rerun.stderr  # the killed sweep's results lock
+    assert not (tmp_path / "results" / ".lossablation.lock").exists()
     counts = job_counts(rerun.stdout + rerun.stderr)
     assert counts["train"] == 6 - finished, counts
     for table in ("table1_overall", "table2_per_class", "table3_calibration"):
@@ -215,7 +218,7 @@ def test_killed_sweep_reruns_only_missing_jobs_and_gives_the_same_tables(tiny_np
 
 def test_failed_run_keeps_going_and_aggregation_reports_the_missing_pair(tiny_npz, stage1, tmp_path):
     config = sweep_config(tiny_npz, stage1, tmp_path)
-    env = {**os.environ, "LOSSABLATION_INJECT_OOM": "poly/2"}
+    env = fault_env("oom=poly/seed2")  # tests/faults: poly/seed2 raises torch.OutOfMemoryError as its epochs start
     result = snakemake(config, "--keep-going", cwd=tmp_path, env=env)
     assert result.returncode != 0
     results = tmp_path / "results"

@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import pingouin as pg
 import pytest
+from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from lossablation.analysis import stats
+from lossablation.analysis import signedrank, stats
 
 BASE = [58.2, 58.5, 58.1, 58.9, 58.4]
 ARMS = {"4A": [58.4, 58.3, 58.6, 59.0, 58.5], "4B": [59.0, 59.4, 58.6, 59.9, 59.1],
@@ -117,15 +119,17 @@ def test_zero_sd_of_differences_without_warnings():
     assert res.loc["shift", "wilcoxon_p"] == pytest.approx(2 / 2 ** 3)   # exact: all three signs positive
 
 
-def test_pairing_by_seed_drops_unpaired_seeds_and_holm_skips_nan():
-    # arm 'b' misses seed 2, baseline misses nothing; arm 'c' has a single seed -> no p, not in the Holm family
+def test_pairing_by_seed_drops_unpaired_seeds_and_holm_counts_the_untested_arm():
+    # arm 'b' misses seed 2, baseline misses nothing; arm 'c' has a single seed -> no p of its own, but it stays
+    # in the planned Holm family with p = 1 (issue 13: the family no longer shrinks), so b's p is doubled
     df = frame({"b": [59.0, None, 58.6, 59.9, 59.1], "c": [60.0, None, None, None, None]})
     res = stats.paired_comparison(df, "base").set_index("arm")
     assert res.loc["b", "n_pairs"] == 4
     d = np.array([59.0, 58.6, 59.9, 59.1]) - np.array([58.2, 58.1, 58.9, 58.4])
     assert res.loc["b", "mean_diff"] == pytest.approx(d.mean(), abs=1e-12)
-    assert res.loc["b", "p_holm"] == pytest.approx(res.loc["b", "p"], abs=1e-12)
+    assert res.loc["b", "p_holm"] == pytest.approx(2 * res.loc["b", "p"], abs=1e-12)
     assert math.isnan(res.loc["c", "p_holm"])
+    assert (res["holm_family"] == 2).all()
 
 
 def test_lower_is_better_counts_wins_the_other_way():
@@ -142,3 +146,115 @@ def test_wilcoxon_floor_under_holm():
 def test_missing_columns_is_an_error():
     with pytest.raises(ValueError, match="value"):
         stats.paired_comparison(pd.DataFrame({"arm": [], "seed": []}), "base")
+
+
+# ----------------------------------------------------------------------------------- Holm over the planned family
+def test_holm_family_issue_oracle_identical_arm_counts_with_p_one():
+    # issue 13: baseline [40, 41, 42], an identical arm (t-test undefined) and arm A [41, 41.5, 43.5]
+    df = frame({"same": [40, 41, 42], "A": [41, 41.5, 43.5]}, base=[40, 41, 42])
+    res = stats.paired_comparison(df, "base").set_index("arm")
+    assert res.loc["A", "p"] == pytest.approx(0.0742, abs=5e-5)
+    assert f"{res.loc['A', 'p_holm']:.4f}" == "0.1484"                 # not 0.0742
+    assert res.loc["A", "p_holm"] == pytest.approx(2 * res.loc["A", "p"], abs=1e-12)
+    assert math.isnan(res.loc["same", "p"]) and math.isnan(res.loc["same", "p_holm"])
+    assert (res["holm_family"] == 2).all()
+
+
+def test_a_planned_arm_without_any_run_counts_in_the_family():
+    df = frame({"4B": ARMS["4B"]})
+    res = stats.paired_comparison(df, "base", arms=["base", "4B", "ghost", "4D"]).set_index("arm")
+    assert list(res.index) == ["4B", "ghost", "4D"] and res.loc["ghost", "n_pairs"] == 0
+    assert (res["holm_family"] == 3).all()
+    assert res.loc["4B", "p_holm"] == pytest.approx(3 * res.loc["4B", "p"], abs=1e-12)   # the smallest of 3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_holm_agrees_with_statsmodels(seed):
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0, 0.2, size=rng.integers(1, 9))
+    p[rng.integers(0, p.size)] = p[0]                                    # a tie
+    np.testing.assert_allclose(stats.holm(p), multipletests(p, method="holm")[1], rtol=0, atol=1e-15)
+    # NaN entries (no test) count as p = 1: same as statsmodels on the padded family, NaN for themselves
+    with_nan = np.concatenate([p, [np.nan, np.nan]])
+    padded = multipletests(np.concatenate([p, [1.0, 1.0]]), method="holm")[1]
+    got = stats.holm(with_nan)
+    np.testing.assert_allclose(got[:p.size], padded[:p.size], rtol=0, atol=1e-15)
+    assert np.isnan(got[p.size:]).all()
+
+
+# ----------------------------------------------------------------------------------------- exact Wilcoxon
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based) written out: each value's rank is the mean position of its equal values."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = np.empty(len(values))
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def brute_force_signed_rank_p(d: np.ndarray) -> float:
+    """Two-sided p over all 2^n sign flips of d (zeros included: flipping a zero changes nothing)."""
+    n = len(d)
+    nonzero = d != 0
+    ranks = np.zeros(n)
+    ranks[nonzero] = average_ranks(np.abs(d[nonzero]))
+    observed = ranks[d > 0].sum()
+    signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1).astype(bool)   # every sign pattern
+    t_plus = (signs * ranks).sum(axis=1)
+    centre = ranks.sum() / 2
+    return float(np.mean(np.abs(t_plus - centre) >= abs(observed - centre) - 1e-9))
+
+
+def test_wilcoxon_exact_at_14_pairs_with_ties_and_a_zero_equals_brute_force():
+    d = np.array([0.3, -0.1, 0.3, 0.0, 0.7, 0.2, -0.3, 0.5, 0.5, 0.1, 0.9, -0.2, 0.4, 0.6])
+    assert len(d) == 14 and (d == 0).sum() == 1 and len(np.unique(np.abs(d))) < 13
+    p, method = signedrank.signed_rank_test(d)
+    expected = brute_force_signed_rank_p(d)
+    assert method == "exact"
+    assert p == pytest.approx(expected, abs=1e-12)
+    # scipy's "auto" switches to the normal approximation here (n > 13 with ties): not the exact value
+    assert abs(sps.wilcoxon(d).pvalue - expected) > 1e-4
+    res = stats.paired_comparison(frame({"x": list(50 + d)}, base=[50.0] * 14), "base").iloc[0]
+    assert res["wilcoxon_method"] == "exact" and res["wilcoxon_p"] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [5, 8, 13, 17, 20, 25])
+def test_wilcoxon_exact_agrees_with_scipy_without_ties(n):
+    rng = np.random.default_rng(n)
+    d = rng.permutation(np.arange(1, n + 1)) * 0.13 * rng.choice([-1, 1], size=n)
+    p, method = signedrank.signed_rank_test(d)
+    assert method == "exact"
+    assert p == pytest.approx(sps.wilcoxon(d, method="exact").pvalue, abs=1e-12)
+
+
+def test_wilcoxon_beyond_the_exact_limit_is_a_labelled_normal_approximation():
+    n = signedrank.EXACT_MAX_N + 10
+    d = np.round(np.random.default_rng(1).normal(0.3, 1.0, size=n), 1)       # ties after rounding
+    p, method = signedrank.signed_rank_test(d)
+    assert method == "approx."
+    assert p == pytest.approx(sps.wilcoxon(d, method="asymptotic").pvalue, abs=1e-12)
+    base = list(range(n))
+    res = stats.paired_comparison(frame({"x": [b + x for b, x in zip(base, d)]}, base=base), "base").iloc[0]
+    assert res["wilcoxon_method"] == "approx."
+
+
+# ----------------------------------------------------------------------------------------- power after Holm
+def test_seeds_for_power_at_alpha_and_at_the_holm_alpha():
+    res = stats.paired_comparison(frame(ARMS), "base").set_index("arm")
+    for arm, values in ARMS.items():
+        sd = (np.array(values) - np.array(BASE)).std(ddof=1)
+        assert res.loc[arm, "sd_diff"] == pytest.approx(sd, abs=1e-12)
+        for column, alpha in (("seeds_for_power", 0.05), ("seeds_for_power_holm", 0.05 / 4)):
+            n_pingouin = pg.power_ttest(d=1.0 / sd, power=0.8, alpha=alpha, contrast="paired")
+            assert res.loc[arm, column] == max(2, math.ceil(n_pingouin)), (arm, column)
+        assert res.loc[arm, "seeds_for_power_holm"] >= res.loc[arm, "seeds_for_power"]
+    # reference §3: ~7 seeds at alpha .05 / ~9 at alpha .0125 for sd_diff 0.5*sqrt(2); TTestPower independently
+    sd = 0.5 * math.sqrt(2)
+    assert stats.seeds_for_power(sd, alpha=stats.holm_alpha(0.05, 4)) == 9 == math.ceil(
+        TTestPower().solve_power(effect_size=1 / sd, alpha=0.0125, power=0.8))

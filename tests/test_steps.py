@@ -19,7 +19,7 @@ from lossablation.model.fastpath import FastStage2, compute_h3
 from lossablation.train.losses import build_arm_loss
 from lossablation.model.networks import Stage1Model, build_stage2_model, stage1_checkpoint_dict
 from lossablation.train.steps import StepRunner, batch_slices, learning_rate, make_adamw
-from lossablation.train.trainer import KILL_AFTER_EPOCH_ENV, set_determinism, use_cuda_graph
+from lossablation.train.environment import set_determinism, use_cuda_graph
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -31,10 +31,11 @@ def test_batch_slices_drop_a_single_sample_tail():
 
 
 def test_cuda_graph_only_on_cuda_and_not_with_compile():
-    assert not use_cuda_graph(torch.device("cpu"), {"cuda_graphs": True})
-    assert use_cuda_graph(torch.device("cuda"), {})
-    assert not use_cuda_graph(torch.device("cuda"), {"cuda_graphs": False})
-    assert not use_cuda_graph(torch.device("cuda"), {"compile": True})
+    defaults = {"cuda_graphs": True, "compile": False}          # the schema's defaults of train.*
+    assert not use_cuda_graph(torch.device("cpu"), {**defaults, "cuda_graphs": True})
+    assert use_cuda_graph(torch.device("cuda"), defaults)
+    assert not use_cuda_graph(torch.device("cuda"), {**defaults, "cuda_graphs": False})
+    assert not use_cuda_graph(torch.device("cuda"), {**defaults, "compile": True})
     assert not make_adamw([torch.zeros(2, requires_grad=True)], 0.0, torch.device("cpu"), cuda_graph=True) \
         .param_groups[0]["capturable"]
 
@@ -61,8 +62,8 @@ def stage2_run(device: torch.device, graph: bool, epochs: int = 3, n: int = 1000
     x = torch.rand(n, 1, 16, 16, generator=gen)
     y = torch.randint(0, 3, (n,), generator=gen)
     h3 = compute_h3(model, x.to(device))
-    loss_fn = build_arm_loss({"kind": "focal", "params": {"gamma": 2.0}}, torch.bincount(y).tolist(), 0.9999,
-                             "loss_weights").to(device)
+    loss_fn = build_arm_loss({"kind": "focal", "params": {"gamma": 2.0}, "weighting": "class_balanced"},
+                             torch.bincount(y).tolist(), 0.9999, "loss_weights").to(device)
     opt = make_adamw([{"params": list(model.adapters.parameters()), "lr": 1e-3},
                       {"params": list(model.head.parameters()), "lr": 1e-4}], 0.01, device, cuda_graph=graph)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0)
@@ -139,7 +140,7 @@ def test_graphed_run_killed_and_resumed_on_cuda(tmp_path):
     config.write_text(write_config(tmp_path, dataset).read_text().replace("device: cpu", "device: cuda"))
     whole = run_cli(config, ckpt, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
-    killed = run_cli(config, ckpt, tmp_path / "killed", {KILL_AFTER_EPOCH_ENV: "3"})
+    killed = run_cli(config, ckpt, tmp_path / "killed", fault="kill_after_state=3")
     assert killed.returncode == -signal.SIGKILL
     resumed = run_cli(config, ckpt, tmp_path / "killed")
     assert resumed.returncode == 0, resumed.stderr

@@ -1,9 +1,10 @@
 """Stage-1 / Stage-2 trainers on tiny synthetic data (CPU, seconds): run folder contract, selection, frozen
-backbone, determinism, resume after SIGKILL (after an epoch and during the state write), divergence."""
+backbone, determinism, resume after SIGKILL (after an epoch and during the state write), divergence.
+
+The SIGKILLs are real: the CLI runs in a subprocess with a fault armed by tests/faults (``run_cli(fault=...)``)."""
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,12 +15,15 @@ import pytest
 import torch
 import yaml
 
-from lossablation.commands_train import train_main
+from faults import fault_env
+
+from lossablation.commands import train as train_main
 from lossablation.config import load_config
 from lossablation.data.blocks import BlockSet, save_npz
 from lossablation.train.metrics import classification_metrics
 from lossablation.model.networks import Stage1Model, load_stage1_model, stage1_checkpoint_dict
-from lossablation.train.trainer import KILL_AFTER_EPOCH_ENV, KILL_DURING_WRITE_ENV, train_stage1, train_stage2
+from lossablation.train.stage1 import train_stage1
+from lossablation.train.stage2 import train_stage2
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -68,9 +72,9 @@ def setup(tmp_path_factory):
     return {"root": root, "dataset": dataset, "stage1": ckpt, "config": write_config(root, dataset)}
 
 
-def run_cli(config: Path, stage1: Path, out: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    pythonpath = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": pythonpath, **(env_extra or {})}
+def run_cli(config: Path, stage1: Path, out: Path, fault: str | None = None) -> subprocess.CompletedProcess:
+    """``lossablation train`` (arm baseline, seed 3) in a subprocess, with ``fault`` armed (tests/faults)."""
+    env = fault_env(fault, None, SRC)
     cmd = [sys.executable, "-m", "lossablation.cli", "train", "--config", str(config), "--arm", "baseline",
            "--seed", "3", "--stage1", str(stage1), "--out", str(out)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -139,7 +143,7 @@ def test_metrics_recomputed_from_predictions(reference_run):
 
 def test_kill_after_epoch_then_rerun_is_bit_identical(setup, reference_run):
     out = setup["root"] / "killed_after"
-    proc = run_cli(setup["config"], setup["stage1"], out, {KILL_AFTER_EPOCH_ENV: "3"})
+    proc = run_cli(setup["config"], setup["stage1"], out, fault="kill_after_state=3")
     assert proc.returncode == -signal.SIGKILL
     assert (out / "state.pt").exists() and not (out / "metrics.json").exists()
     proc = run_cli(setup["config"], setup["stage1"], out)
@@ -151,7 +155,7 @@ def test_kill_after_epoch_then_rerun_is_bit_identical(setup, reference_run):
 
 def test_kill_during_state_write_then_rerun_is_bit_identical(setup, reference_run):
     out = setup["root"] / "killed_during"
-    proc = run_cli(setup["config"], setup["stage1"], out, {KILL_DURING_WRITE_ENV: "2"})
+    proc = run_cli(setup["config"], setup["stage1"], out, fault="kill_during_state_write=2")
     assert proc.returncode == -signal.SIGKILL
     assert list(out.glob(".state.pt.*.tmp"))                               # the torn write is left behind
     proc = run_cli(setup["config"], setup["stage1"], out)

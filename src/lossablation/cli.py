@@ -1,7 +1,9 @@
 """The ``lossablation`` console script: one subcommand per workflow step.
 
-Each subcommand imports its module lazily (so ``describe-data`` does not pay for plotting libraries) and
-every user error (:class:`LossAblationError`) is printed as one line, exit status 2, no traceback.
+Each subcommand calls one function of :mod:`lossablation.commands` with keyword arguments (the Snakemake jobs
+call the same functions). Exit status: 0 on success; 2 for a user error (bad config, dataset, checkpoint,
+folder or option), printed as one line ``lossablation COMMAND: error: ...`` without a traceback (argparse's
+usage errors also exit 2); 1 for an unexpected failure, with its traceback. Snakemake jobs use the same codes.
 """
 
 from __future__ import annotations
@@ -9,60 +11,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lossablation import __version__
+from lossablation import __version__, commands
 from lossablation.errors import LossAblationError
 
 
-def _cmd_check_config(args: argparse.Namespace) -> int:
-    from lossablation.config import load_config
-
-    cfg = load_config(args.config)
-    print(f"{args.config}: ok ({len(cfg['losses'])} arms x {len(cfg['seeds'])} seeds)")
-    return 0
-
-
-def _cmd_describe_data(args: argparse.Namespace) -> int:
-    from lossablation.commands_data import describe_data_main
-
-    return describe_data_main(args.path, args.json)
-
-
-def _cmd_make_dataset(args: argparse.Namespace) -> int:
-    from lossablation.commands_data import make_dataset_main
-
-    return make_dataset_main(args)
-
-
-def _cmd_split(args: argparse.Namespace) -> int:
-    from lossablation.config import load_config
-    from lossablation.data.blocks import write_split_audit
-
-    write_split_audit(load_config(args.config), args.out)
-    return 0
-
-
-def _cmd_model_summary(args: argparse.Namespace) -> int:
-    from lossablation.commands_train import model_summary_main
-
-    return model_summary_main(args.stage1, args.json, args.reduction)
-
-
-def _cmd_train_stage1(args: argparse.Namespace) -> int:
-    from lossablation.commands_train import train_stage1_main
-
-    return train_stage1_main(args.config, args.out)
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from lossablation.commands_train import train_main
-
-    return train_main(args.config, args.arm, args.seed, args.stage1, args.out)
-
-
-def _cmd_aggregate(args: argparse.Namespace) -> int:
-    from lossablation.commands_aggregate import aggregate_main
-
-    return aggregate_main(args.config, args.runs, args.out)
+def _add_make_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image or video files (.y4m natively; other videos need PyAV), or 'skimage' for "
+                             "scikit-image's bundled images")
+    parser.add_argument("--out", required=True, help="output .npz path")
+    parser.add_argument("--cq", type=int, nargs="+", default=[16, 28, 40, 52], help="aomenc --cq-level values")
+    parser.add_argument("--cpu-used", type=int, default=4, help="aomenc --cpu-used (speed preset)")
+    parser.add_argument("--cache", default="~/.cache/lossablation/aom",
+                        help="folder for the built libaom inspect tool (prepared once)")
+    parser.add_argument("--max-frames", type=int, default=None, help="at most this many frames per video")
+    parser.add_argument("--variants", nargs="+", default=["orig"],
+                        choices=["orig", "flip_lr", "flip_ud", "transpose"],
+                        help="image variants encoded as extra frames of the same source")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel encodes (default: all CPUs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,59 +36,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lossablation {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("check-config", help="validate a sweep config (schema + semantics) and exit")
-    p.add_argument("config")
-    p.set_defaults(func=_cmd_check_config)
+    def command(name: str, func, help: str, **renamed: str) -> argparse.ArgumentParser:
+        """A subparser whose options, renamed by ``renamed`` (option dest -> argument), are ``func``'s arguments."""
+        p = sub.add_parser(name, help=help)
+        p.set_defaults(func=func, renamed=renamed)
+        return p
 
-    p = sub.add_parser("describe-data", help="summarise a v7 folder or an npz dataset")
+    p = command("check-config", commands.check_config, "validate a sweep config (schema + semantics) and exit")
+    p.add_argument("config")
+
+    p = command("describe-data", commands.describe_data, "summarise a v7 folder or an npz dataset", json="as_json")
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=_cmd_describe_data)
 
-    p = sub.add_parser("make-dataset", help="encode images/videos with libaom and write an npz of 16x16 labels")
-    from lossablation.commands_data import add_make_dataset_arguments
+    p = command("make-dataset", commands.make_dataset,
+                "encode images/videos with libaom and write an npz of 16x16 labels")
+    _add_make_dataset_arguments(p)
 
-    add_make_dataset_arguments(p)
-    p.set_defaults(func=_cmd_make_dataset)
-
-    p = sub.add_parser("split", help="write the sweep's train/val/test split for audit")
+    p = command("split", commands.split, "write the sweep's train/val/test split for audit")
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=_cmd_split)
 
-    p = sub.add_parser("model-summary", help="parameter counts of the Stage-2 model")
+    p = command("model-summary", commands.model_summary, "parameter counts of the Stage-2 model", json="as_json")
     p.add_argument("--stage1", default=None, help="a v7 Stage-1 checkpoint to load strictly")
     p.add_argument("--reduction", type=int, default=4, help="adapter reduction (gamma)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_model_summary)
 
-    p = sub.add_parser("train-stage1", help="train backbone + binary head (partitioned vs NONE)")
+    p = command("train-stage1", commands.train_stage1, "train backbone + binary head (partitioned vs NONE)")
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=_cmd_train_stage1)
 
-    p = sub.add_parser("train", help="train one (arm, seed) Stage-2 run")
+    p = command("train", commands.train, "train one (arm, seed) Stage-2 run")
     p.add_argument("--config", required=True)
     p.add_argument("--arm", required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--stage1", required=True, help="Stage-1 checkpoint (v7 layout)")
     p.add_argument("--out", required=True, help="run folder")
-    p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("aggregate", help="paired statistics, tables, figures and verdicts over all runs")
+    p = command("aggregate", commands.aggregate, "paired statistics, tables, figures and verdicts over all runs")
     p.add_argument("--config", required=True)
     p.add_argument("--runs", required=True, help="folder holding <arm>/seed<seed>/metrics.json")
     p.add_argument("--out", required=True, help="output folder (tables/, figures/, runs.csv)")
-    p.set_defaults(func=_cmd_aggregate)
+
+    p = command("unlock", commands.unlock,
+                "remove a results folder's sweep lock left by a sweep that is gone (a crash, a kill)")
+    p.add_argument("--results", required=True, help="the results folder (config key `results`)")
     return parser
+
+
+def _arguments(args: argparse.Namespace) -> dict:
+    """The parsed options as the command's keyword arguments."""
+    skip = {"func", "renamed", "command"}
+    return {args.renamed.get(key, key): value for key, value in vars(args).items() if key not in skip}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with commands.logging_to_stderr():
+            return int(args.func(**_arguments(args)) or 0)
     except LossAblationError as exc:
-        print(f"lossablation {args.command}: error: {exc}", file=sys.stderr)
+        print(commands.error_line(f"lossablation {args.command}: error: ", exc), file=sys.stderr)
         return LossAblationError.exit_code
 
 

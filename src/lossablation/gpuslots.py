@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -28,22 +29,15 @@ from typing import Iterator
 from lossablation.errors import LossAblationError
 
 ENV_LOCK_DIR = "LOSSABLATION_GPU_LOCK_DIR"
-ENV_FAKE_GPUS = "LOSSABLATION_FAKE_GPUS"
 DEFAULT_LOCK_DIR = "results/.gpu_locks"
 CUDA_ENV = "CUDA_VISIBLE_DEVICES"
 
 
 def device_count() -> int:
-    """Number of GPUs this process may use: ``$LOSSABLATION_FAKE_GPUS`` if set (tests), else torch's count.
+    """Number of GPUs this process may use (torch's count).
 
     torch's count already honours a pre-set ``CUDA_VISIBLE_DEVICES`` and does not initialise CUDA.
     """
-    fake = os.environ.get(ENV_FAKE_GPUS)
-    if fake is not None:
-        try:
-            return int(fake)
-        except ValueError:
-            raise LossAblationError(f"{ENV_FAKE_GPUS}: expected an integer, got {fake!r}") from None
     import torch
 
     return torch.cuda.device_count()
@@ -94,6 +88,7 @@ def _claim_first_free(slots: list[tuple[str, str]], lock_dir: Path) -> tuple[str
 @contextlib.contextmanager
 def acquire_gpu_slot(
     n_devices: int | None = None,
+    *,
     lock_dir: str | os.PathLike | None = None,
     timeout: float | None = None,
     poll_s: float = 0.5,
@@ -114,7 +109,7 @@ def acquire_gpu_slot(
     ``--resources gpu=<n_devices * runs_per_gpu>`` so that many training jobs (each ``gpu=1``) run at once.
     """
     if runs_per_gpu < 1:
-        raise LossAblationError(f"resources.runs_per_gpu: must be >= 1, got {runs_per_gpu}")
+        raise ValueError(f"runs_per_gpu must be >= 1, got {runs_per_gpu}")  # the config's value is checked on load
     if os.environ.get("SLURM_JOB_ID"):
         yield None
         return
@@ -154,8 +149,6 @@ def acquire_gpu_slot(
 
 def _refuse_if_cuda_initialised() -> None:
     """Setting CUDA_VISIBLE_DEVICES after CUDA initialisation silently has no effect; fail loudly instead."""
-    import sys
-
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         raise RuntimeError("acquire_gpu_slot must be entered before CUDA is initialised in this process")

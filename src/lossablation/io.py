@@ -8,6 +8,7 @@ torn one.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -16,12 +17,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def _tmp_prefix(path: Path) -> str:
+    """Temporary files of ``path`` are ``.<name>.<random><TMP_SUFFIX>`` in its folder (hidden: a leading dot)."""
+    return f".{path.name}."
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -34,6 +43,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_tmp(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed ``atomic_path(path)`` left behind; returns what was removed.
+
+    Only names ``atomic_path`` makes for ``path`` are touched: they are ours, and never complete results.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f"{glob.escape(_tmp_prefix(path))}*{TMP_SUFFIX}"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
 
 
 def _umask() -> int:

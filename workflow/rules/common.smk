@@ -1,4 +1,6 @@
 # Paths and input functions shared by the rules (no training logic here: that lives in src/lossablation).
+import re
+
 from lossablation.analysis.aggregate import output_files
 from lossablation.config import training_device
 

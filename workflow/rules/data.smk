@@ -1,10 +1,13 @@
-# Data: the sweep's train/val/test split, written once for audit (every job recomputes the same split from
-# split.seed and checks it against this file's fingerprint).
+# Data: the sweep's train/val/test split, written once for audit (split.json: method, sources and counts per
+# side, the dataset's fingerprint; split_indices.npz: the block indices). No job reads them back: every training
+# job recomputes the same split from split.seed and records the dataset fingerprint in its provenance. Stage 1
+# and the training runs take split.json as input so that a dataset the split rejects fails once, up front.
 rule split:
     input:
         dataset=config["dataset"],
     output:
         split=f"{R}/data/split.json",
+        indices=f"{R}/data/split_indices.npz",
     log:
         f"{R}/logs/split.log",
     benchmark:

@@ -1,9 +1,14 @@
-"""Snakemake adapter: runs -> statistics, tables and verdicts -> lossablation.commands_aggregate."""
+"""Snakemake job of rule aggregate -> lossablation.commands.aggregate (figures come from rule figures)."""
 from pathlib import Path
 
-from lossablation.commands_aggregate import aggregate_main
+from lossablation import commands
 from lossablation.jobs import run_job
 
-runs_dir = str(Path(snakemake.input[0]).parents[2])  # <results>/runs/<arm>/seed<seed>/metrics.json
-out_dir = str(Path(snakemake.output.runs).parent)
-run_job(snakemake, lambda: aggregate_main(snakemake.config, runs_dir, out_dir, make_figures=False))
+run_job(
+    snakemake,  # noqa: F821 (injected by Snakemake's script directive)
+    commands.aggregate,
+    config=snakemake.config,  # noqa: F821
+    runs=str(Path(snakemake.input[0]).parents[2]),  # noqa: F821  <results>/runs/<arm>/seed<seed>/metrics.json
+    out=str(Path(snakemake.output.runs).parent),  # noqa: F821
+    make_figures=False,
+)

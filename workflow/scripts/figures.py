@@ -1,9 +1,13 @@
-"""Snakemake adapter: seaborn figures of the sweep -> lossablation.commands_aggregate.figures_main."""
+"""Snakemake job of rule figures -> lossablation.commands.figures."""
 from pathlib import Path
 
-from lossablation.commands_aggregate import figures_main
+from lossablation import commands
 from lossablation.jobs import run_job
 
-runs_dir = str(Path(snakemake.input.histories[0]).parents[2])  # <results>/runs/<arm>/seed<seed>/history.csv
-out_dir = str(Path(snakemake.input.runs).parent)
-run_job(snakemake, lambda: figures_main(snakemake.config, runs_dir, out_dir))
+run_job(
+    snakemake,  # noqa: F821 (injected by Snakemake's script directive)
+    commands.figures,
+    config=snakemake.config,  # noqa: F821
+    runs=str(Path(snakemake.input.histories[0]).parents[2]),  # noqa: F821  <results>/runs/<arm>/seed<seed>/history.csv
+    out=str(Path(snakemake.input.runs).parent),  # noqa: F821
+)

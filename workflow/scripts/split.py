@@ -1,7 +1,12 @@
-"""Snakemake adapter: write the sweep's train/val/test split for audit -> lossablation.data.blocks.write_split_audit."""
+"""Snakemake job of rule split -> lossablation.commands.split (split.json and split_indices.npz, for audit)."""
 from pathlib import Path
 
-from lossablation.data.blocks import write_split_audit
+from lossablation import commands
 from lossablation.jobs import run_job
 
-run_job(snakemake, lambda: write_split_audit(snakemake.config, str(Path(snakemake.output.split).parent)))
+run_job(
+    snakemake,  # noqa: F821 (injected by Snakemake's script directive)
+    commands.split,
+    config=snakemake.config,  # noqa: F821
+    out=str(Path(snakemake.output.split).parent),  # noqa: F821
+)

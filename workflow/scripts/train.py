@@ -1,9 +1,16 @@
-"""Snakemake adapter: one Stage-2 run (arm, seed) -> lossablation.commands_train.train_main."""
+"""Snakemake job of rule train: one Stage-2 run (arm, seed) -> lossablation.commands.train."""
 from pathlib import Path
 
-from lossablation.commands_train import train_main
+from lossablation import commands
 from lossablation.jobs import run_job
 
-run_dir = str(Path(snakemake.output.metrics).parent)
-arm, seed = snakemake.wildcards.arm, int(snakemake.wildcards.seed)
-run_job(snakemake, lambda: train_main(snakemake.config, arm, seed, snakemake.input.stage1, run_dir), gpu=True)
+run_job(
+    snakemake,  # noqa: F821 (injected by Snakemake's script directive)
+    commands.train,
+    gpu=True,
+    config=snakemake.config,  # noqa: F821
+    arm=snakemake.wildcards.arm,  # noqa: F821
+    seed=int(snakemake.wildcards.seed),  # noqa: F821
+    stage1=snakemake.input.stage1,  # noqa: F821
+    out=str(Path(snakemake.output.metrics).parent),  # noqa: F821
+)

@@ -1,8 +1,13 @@
-"""Snakemake adapter: Stage 1 (backbone + binary head) -> lossablation.commands_train.train_stage1_main."""
+"""Snakemake job of rule stage1: backbone + binary head -> lossablation.commands.train_stage1."""
 from pathlib import Path
 
-from lossablation.commands_train import train_stage1_main
+from lossablation import commands
 from lossablation.jobs import run_job
 
-out_dir = str(Path(snakemake.output.checkpoint).parent)
-run_job(snakemake, lambda: train_stage1_main(snakemake.config, out_dir), gpu=True)
+run_job(
+    snakemake,  # noqa: F821 (injected by Snakemake's script directive)
+    commands.train_stage1,
+    gpu=True,
+    config=snakemake.config,  # noqa: F821
+    out=str(Path(snakemake.output.checkpoint).parent),  # noqa: F821
+)

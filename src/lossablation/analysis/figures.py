@@ -1,12 +1,14 @@
-"""Seaborn figures of a sweep (PNG + PDF, Agg backend). Each function draws one figure and writes both files.
+"""Seaborn figures of a sweep (PNG + PDF, Agg backend). Each function draws one figure and returns both files'
+contents, ``{"<stem>.png": bytes, "<stem>.pdf": bytes}``: nothing is written here, so the aggregation can render
+everything before it writes anything.
 
 Inputs are tidy frames built by :mod:`lossablation.analysis.aggregate` (values in percent). A figure with no data still
-gets written (an empty panel that says so) so the Snakemake rule's declared outputs always exist.
+gets drawn (an empty panel that says so) so the Snakemake rule's declared outputs always exist.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import Mapping, Sequence
 
 import matplotlib
@@ -18,22 +20,26 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from lossablation.classes import STAGE2_CLASSES
-from lossablation.io import atomic_write_with  # noqa: E402
 from lossablation.train.metrics import reliability_bins  # noqa: E402
 
 FIG_SUFFIXES = ("png", "pdf")
 DPI = 120
 
 
-def _save(fig, out_dir: str | Path, stem: str) -> list[Path]:
-    out_dir = Path(out_dir)
-    paths = []
-    for suffix in FIG_SUFFIXES:
-        path = out_dir / f"{stem}.{suffix}"
-        atomic_write_with(path, lambda p, s=suffix: fig.savefig(p, format=s, dpi=DPI, bbox_inches="tight"))
-        paths.append(path)
-    plt.close(fig)
-    return paths
+Rendered = dict[str, bytes]
+
+
+def _render(fig, stem: str) -> Rendered:
+    """The figure as PNG and PDF bytes, keyed by file name; closes the figure."""
+    files = {}
+    try:
+        for suffix in FIG_SUFFIXES:
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=suffix, dpi=DPI, bbox_inches="tight")
+            files[f"{stem}.{suffix}"] = buffer.getvalue()
+    finally:
+        plt.close(fig)
+    return files
 
 
 def _empty(ax, text: str = "no completed runs") -> None:
@@ -46,7 +52,7 @@ def _theme() -> None:
     sns.set_theme(style="whitegrid", context="paper")
 
 
-def per_seed_f1(values: pd.DataFrame, arms: Sequence[str], out_dir, stem="fig1_per_seed_f1") -> list[Path]:
+def per_seed_f1(values: pd.DataFrame, arms: Sequence[str], stem="fig1_per_seed_f1") -> Rendered:
     """Test macro F1 (%) of every run by arm; a line joins the runs sharing a seed; black bar = mean."""
     _theme()
     fig, ax = plt.subplots(figsize=(1.3 * len(arms) + 2, 3.6))
@@ -64,11 +70,11 @@ def per_seed_f1(values: pd.DataFrame, arms: Sequence[str], out_dir, stem="fig1_p
         ax.set_xlabel("arm")
         ax.set_ylabel("test macro F1 (%)")
         ax.legend(title="seed", fontsize="small", loc="best")
-    return _save(fig, out_dir, stem)
+    return _render(fig, stem)
 
 
-def paired_diffs(diffs: pd.DataFrame, tests: pd.DataFrame, arms: Sequence[str], out_dir,
-                 min_effect: float = 1.0, stem="fig2_paired_diffs") -> list[Path]:
+def paired_diffs(diffs: pd.DataFrame, tests: pd.DataFrame, arms: Sequence[str],
+                 min_effect: float = 1.0, stem="fig2_paired_diffs") -> Rendered:
     """Per-seed differences arm − baseline (points) and their mean with the 95 % t CI (bars)."""
     _theme()
     fig, ax = plt.subplots(figsize=(1.3 * max(len(arms), 1) + 2, 3.6))
@@ -89,10 +95,10 @@ def paired_diffs(diffs: pd.DataFrame, tests: pd.DataFrame, arms: Sequence[str], 
         ax.set_ylabel("Δ test macro F1 vs baseline (pp)")
         ax.legend(fontsize="small", loc="best")
         ax.tick_params(axis="x", rotation=20)
-    return _save(fig, out_dir, stem)
+    return _render(fig, stem)
 
 
-def confusion(matrix: np.ndarray | None, arm: str, n_runs: int, out_dir, stem: str) -> list[Path]:
+def confusion(matrix: np.ndarray | None, arm: str, n_runs: int, stem: str) -> Rendered:
     """Row-normalised confusion matrix (true class rows), averaged over the arm's usable seeds."""
     _theme()
     fig, ax = plt.subplots(figsize=(3.6, 3.1))
@@ -105,7 +111,7 @@ def confusion(matrix: np.ndarray | None, arm: str, n_runs: int, out_dir, stem: s
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"{arm} (mean of {n_runs} seed{'s' if n_runs != 1 else ''})")
-    return _save(fig, out_dir, stem)
+    return _render(fig, stem)
 
 
 def _pooled(predictions: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +128,7 @@ def _facets(n: int, width: float = 3.0, height: float = 3.0):
 
 
 def reliability(predictions: Mapping[str, list], ece: Mapping[str, tuple[float, float]], arms: Sequence[str],
-                out_dir, n_bins: int = 15, stem="fig4_reliability") -> list[Path]:
+                n_bins: int = 15, stem="fig4_reliability") -> Rendered:
     """Reliability diagram per arm (test predictions pooled over seeds); ECE (mean ± sd over seeds) in the title."""
     _theme()
     fig, axes = _facets(len(arms))
@@ -152,11 +158,11 @@ def reliability(predictions: Mapping[str, list], ece: Mapping[str, tuple[float, 
     if drawn:
         drawn[0].legend(fontsize="x-small", loc="upper left")
     fig.tight_layout()
-    return _save(fig, out_dir, stem)
+    return _render(fig, stem)
 
 
-def confidence_hist(predictions: Mapping[str, list], arms: Sequence[str], out_dir,
-                    stem="fig5_confidence") -> list[Path]:
+def confidence_hist(predictions: Mapping[str, list], arms: Sequence[str],
+                    stem="fig5_confidence") -> Rendered:
     """Histogram of the top-label confidence, correct vs wrong predictions, per arm (pooled seeds)."""
     _theme()
     fig, axes = _facets(len(arms), height=2.6)
@@ -172,11 +178,11 @@ def confidence_hist(predictions: Mapping[str, list], arms: Sequence[str], out_di
         sns.histplot(data=frame, x="confidence", hue="prediction", hue_order=["correct", "wrong"],
                      bins=np.linspace(1 / 3, 1, 21), stat="density", common_norm=False, element="step", ax=ax)
     fig.tight_layout()
-    return _save(fig, out_dir, stem)
+    return _render(fig, stem)
 
 
-def learning_curves(history: pd.DataFrame, arms: Sequence[str], out_dir,
-                    stem="fig6_learning_curves") -> list[Path]:
+def learning_curves(history: pd.DataFrame, arms: Sequence[str],
+                    stem="fig6_learning_curves") -> Rendered:
     """Validation macro F1 (%) per epoch, mean ± sd over seeds, one line per arm."""
     _theme()
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -187,4 +193,4 @@ def learning_curves(history: pd.DataFrame, arms: Sequence[str], out_dir,
                      marker="o", markersize=3, ax=ax)
         ax.set_ylabel("validation macro F1 (%)")
         ax.legend(fontsize="small", loc="best")
-    return _save(fig, out_dir, stem)
+    return _render(fig, stem)

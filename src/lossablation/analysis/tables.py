@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lossablation.analysis.stats import ALPHA
 from lossablation.classes import STAGE2_CLASSES
 from lossablation.io import atomic_write_text
 
@@ -61,7 +62,7 @@ def fmt_mean_sd(mean, sd) -> str:
     return fmt_num(mean) if not _finite(sd) else f"{fmt_num(mean)} ± {fmt_num(sd)}"
 
 
-def sig_mark(p_holm, alpha: float = 0.05) -> str:
+def sig_mark(p_holm, alpha: float = ALPHA) -> str:
     return SIG_MARK if _finite(p_holm) and p_holm < alpha else ""
 
 
@@ -92,6 +93,12 @@ def _test_row(tests: pd.DataFrame, metric: str, arm: str):
     return hit.iloc[0] if len(hit) else None
 
 
+def _family(tests: pd.DataFrame, metric: str) -> int:
+    """Holm family size used for ``metric`` (every planned non-baseline arm)."""
+    sizes = tests.loc[tests["metric"] == metric, "holm_family"]
+    return int(sizes.max()) if len(sizes) else 0
+
+
 def _best_arms(values: dict[str, float], higher_is_better: bool, digits: int = 2) -> list[str]:
     """Arms whose value, as displayed, equals the best one (ties all bold)."""
     shown = {a: round(v, digits) for a, v in values.items() if _finite(v)}
@@ -106,11 +113,12 @@ def _arms_label(arms: list[str], baseline: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- the tables
-def _test_caption(baseline: str, n_arms: int, metric_text: str) -> str:
+def _test_caption(baseline: str, family: int, metric_text: str) -> str:
     return (f"{metric_text} on the test split, mean ± sd over seeds. Δ = arm − baseline ({baseline}) in "
             f"percentage points, paired by seed, with its 95 % t confidence interval; p: two-sided paired "
-            f"t-test (scipy ttest_rel); p_Holm: Holm-adjusted over the {n_arms} arms; {SIG_MARK}: p_Holm < 0.05. "
-            f"Best value of each column in bold.")
+            f"t-test (scipy ttest_rel); p_Holm: Holm-adjusted over the family of {family} planned arms (every "
+            f"non-baseline arm of the config; an arm without a paired t-test counts with p = 1); "
+            f"{SIG_MARK}: p_Holm < {ALPHA:g}. Best value of each column in bold.")
 
 
 def table_overall(summary, tests, arms, baseline, n_runs, notes) -> Table:
@@ -132,7 +140,8 @@ def table_overall(summary, tests, arms, baseline, n_runs, notes) -> Table:
             rec[f"{m}_mean"] = _stat(summary, m, arm, "mean")
             rec[f"{m}_sd"] = _stat(summary, m, arm, "sd")
         for c in ("n_pairs", "mean_diff", "ci_low", "ci_high", "t", "p", "p_holm", "d_z", "d_av", "wilcoxon_p",
-                  "wins", "ties", "losses", "seeds_for_power"):
+                  "wins", "ties", "losses", "seeds_for_power", "wilcoxon_method", "sd_diff", "holm_family",
+                  "seeds_for_power_holm"):
             rec[c] = np.nan if t is None else t[c]
         numbers.append(rec)
     best = {"Macro F1 (%)": _best_arms({a: _stat(summary, "macro_f1", a, "mean") for a in arms}, True),
@@ -143,8 +152,8 @@ def table_overall(summary, tests, arms, baseline, n_runs, notes) -> Table:
                    ("accuracy", "Accuracy (%)")):
         best[col] = _best_arms({a: _stat(summary, m, a, "mean") for a in arms}, True)
     return Table("table1_overall", "Table 1. Overall test performance",
-                 _test_caption(baseline, len(arms) - 1, "Macro F1 (primary metric), macro precision, macro "
-                               "recall and accuracy") + " d_z = mean Δ / sd Δ.",
+                 _test_caption(baseline, _family(tests, "macro_f1"), "Macro F1 (primary metric), macro "
+                               "precision, macro recall and accuracy") + " d_z = mean Δ / sd Δ.",
                  pd.DataFrame(cells, columns=cols), pd.DataFrame(numbers), _label_best(best, arms, baseline),
                  list(notes))
 
@@ -165,7 +174,7 @@ def table_per_class(summary, tests, arms, baseline, n_runs, notes) -> Table:
             row += [fmt_mean_sd(_stat(summary, m, arm, "mean"), _stat(summary, m, arm, "sd")), fmt_delta(t),
                     fmt_p(None if t is None else t["p_holm"])]
             rec.update({f"{m}_mean": _stat(summary, m, arm, "mean"), f"{m}_sd": _stat(summary, m, arm, "sd")})
-            for k in ("mean_diff", "ci_low", "ci_high", "p", "p_holm", "d_z", "wilcoxon_p"):
+            for k in ("mean_diff", "ci_low", "ci_high", "p", "p_holm", "d_z", "wilcoxon_p", "wilcoxon_method"):
                 rec[f"{m}_{k}"] = np.nan if t is None else t[k]
             if t is not None:
                 n_pairs = int(t["n_pairs"])
@@ -180,7 +189,7 @@ def table_per_class(summary, tests, arms, baseline, n_runs, notes) -> Table:
             {a: (np.nan if (t := _test_row(tests, m, a)) is None else t["mean_diff"]) for a in arms if a != baseline},
             True)
     return Table("table2_per_class", "Table 2. Per-class test F1",
-                 _test_caption(baseline, len(arms) - 1, "Per-class F1 (SPLIT, RECT, AB)")
+                 _test_caption(baseline, _family(tests, "f1_AB"), "Per-class F1 (SPLIT, RECT, AB)")
                  + " Holm is applied separately within each class.",
                  pd.DataFrame(cells, columns=cols), pd.DataFrame(numbers), _label_best(best, arms, baseline),
                  list(notes))
@@ -201,7 +210,8 @@ def table_calibration(summary, tests, arms, baseline, n_runs, notes, n_bins: int
         for m in ("ece", "mce"):
             rec[f"{m}_mean"] = _stat(summary, m, arm, "mean")
             rec[f"{m}_sd"] = _stat(summary, m, arm, "sd")
-        for c in ("n_pairs", "mean_diff", "ci_low", "ci_high", "t", "p", "p_holm", "d_z", "wilcoxon_p"):
+        for c in ("n_pairs", "mean_diff", "ci_low", "ci_high", "t", "p", "p_holm", "d_z", "wilcoxon_p",
+                  "wilcoxon_method"):
             rec[f"ece_{c}" if c != "n_pairs" else c] = np.nan if t is None else t[c]
         numbers.append(rec)
     best = {"ECE (%)": _best_arms({a: _stat(summary, "ece", a, "mean") for a in arms}, False),
@@ -209,8 +219,8 @@ def table_calibration(summary, tests, arms, baseline, n_runs, notes, n_bins: int
             "Δ ECE (pp) [95 % CI]": _best_arms(
                 {a: (np.nan if (t := _test_row(tests, "ece", a)) is None else t["mean_diff"])
                  for a in arms if a != baseline}, False)}
-    caption = (_test_caption(baseline, len(arms) - 1, f"Top-label calibration: expected (ECE) and maximum (MCE) "
-                             f"calibration error, {n_bins} equal-width bins,")
+    caption = (_test_caption(baseline, _family(tests, "ece"), f"Top-label calibration: expected (ECE) and "
+                             f"maximum (MCE) calibration error, {n_bins} equal-width bins,")
                .replace("Best value of each column in bold.", "Lower is better; best value of each column in bold."))
     return Table("table3_calibration", "Table 3. Calibration on the test split", caption,
                  pd.DataFrame(cells, columns=cols), pd.DataFrame(numbers), _label_best(best, arms, baseline),
@@ -288,12 +298,17 @@ def to_html(table: Table) -> str:
 TABLE_SUFFIXES = ("md", "csv", "tex", "html")
 
 
+def render_table(table: Table) -> dict[str, str]:
+    """``{"<stem>.md": text, ".csv", ".tex", ".html"}``: every format of one table, nothing written."""
+    texts = {"md": to_markdown(table), "csv": table.numbers.to_csv(index=False, float_format="%.10g"),
+             "tex": to_latex(table), "html": to_html(table)}
+    return {f"{table.stem}.{suffix}": texts[suffix] for suffix in TABLE_SUFFIXES}
+
+
 def write_table(table: Table, out_dir: str | Path) -> list[Path]:
     """Write ``<stem>.md/.csv/.tex/.html`` atomically; return the paths."""
-    out_dir = Path(out_dir)
-    paths = {s: out_dir / f"{table.stem}.{s}" for s in TABLE_SUFFIXES}
-    atomic_write_text(paths["md"], to_markdown(table))
-    atomic_write_text(paths["csv"], table.numbers.to_csv(index=False, float_format="%.10g"))
-    atomic_write_text(paths["tex"], to_latex(table))
-    atomic_write_text(paths["html"], to_html(table))
-    return list(paths.values())
+    paths = []
+    for name, text in render_table(table).items():
+        atomic_write_text(Path(out_dir) / name, text)
+        paths.append(Path(out_dir) / name)
+    return paths

@@ -1,47 +1,49 @@
-"""Datasets of 16x16 luma blocks with AV1 partition labels: readers, Stage-1/2 targets, splits, describe.
+"""Dataset files of 16x16 luma blocks with AV1 partition labels: the in-memory BlockSet, readers and writer.
 
-Two on-disk formats are read into one in-memory :class:`BlockSet`:
+Two on-disk formats (both documented in ``config/README.md``, "Dataset files") are read into one :class:`BlockSet`:
 
 * **v7** — a folder with ``train.pt`` and ``val.pt`` (and ``test.pt`` when present), each a ``torch.save``d dict
   with ``samples`` float32 (N,1,16,16) in [0, 1] and ``labels_stage0`` int64 partition ids (the researcher's
-  layout, ``../shared/reference/v7-format.md``). Its split is block-level: neighbours of one frame sit on both
-  sides, which inflates scores; :func:`make_splits` records that as ``info["block_level"] = True``.
-* **npz** — our own format written by ``lossablation make-dataset`` (documented in ``config/README.md``):
-  integer blocks with their bit depth, partition ids, source ids and names, qindex/cq, frame, position and the
-  encoder settings. Sources allow an honest split grouped by source.
+  layout). Its split is block-level: neighbours of one frame sit on both sides, which inflates scores;
+  :func:`lossablation.data.splits.make_splits` records that as ``info["block_level"] = True``.
+* **npz** — our own format written by ``lossablation make-dataset``: integer blocks with their bit depth,
+  partition ids, source ids and names, qindex/cq, frame, position and the encoder settings. Sources allow an
+  honest split grouped by source. Only the keys this module knows are read (an extra key is never decompressed).
 
-Every read validates and raises :class:`LossAblationError` with one line naming the file and key.
+Every read validates and raises :class:`LossAblationError` with one line naming the file and key; nothing in a
+file is trusted (v7 files are loaded with ``weights_only=True``, npz files without pickles). torch is imported
+only where tensors are read or made, so ``describe-data`` on an npz never loads it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
-import torch
 
-from lossablation.classes import PARTITION_NAMES, STAGE2_CLASSES
+from lossablation.classes import PARTITION_NAMES
 from lossablation.errors import LossAblationError
-from lossablation.io import atomic_path, atomic_write_json, sha256_file, sha256_json
+from lossablation.io import atomic_path, sha256_file, sha256_json
 
-DEFAULT_GROUPS: dict[str, list[str]] = {
-    "SPLIT": ["SPLIT"],
-    "RECT": ["HORZ", "VERT", "HORZ_4", "VERT_4"],
-    "AB": ["HORZ_A", "HORZ_B", "VERT_A", "VERT_B"],
-}
-DEFAULT_SPLIT: dict[str, Any] = {"seed": 0, "val_fraction": 0.15, "test_fraction": 0.15, "v7_test_fraction": 0.5}
-SIDES: tuple[str, ...] = ("train", "val", "test")
+if TYPE_CHECKING:
+    import torch
+
 V7_FILES: tuple[str, ...] = ("train.pt", "val.pt", "test.pt")
 BLOCK_SHAPE = (1, 16, 16)
 
 # npz keys: required ones, and optional per-block integer keys
 NPZ_REQUIRED = ("blocks", "bit_depth", "partition")
 NPZ_PER_BLOCK_INT = ("source_id", "qindex", "cq", "frame", "variant")
+# what a damaged npz archive (or a member that is no plain array) raises while numpy reads it
+_NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError)
 
 
 @dataclass
@@ -71,6 +73,8 @@ class BlockSet:
 
     def samples(self, index: np.ndarray | None = None) -> torch.Tensor:
         """float32 tensor (n,1,16,16) in [0, 1] for the given block indices (all when None)."""
+        import torch
+
         blocks = self.blocks if index is None else self.blocks[index]
         if self.bit_depth is None:
             return torch.from_numpy(np.ascontiguousarray(blocks, dtype=np.float32))
@@ -78,28 +82,16 @@ class BlockSet:
         return x.mul_(1.0 / float((1 << self.bit_depth) - 1))
 
 
-@dataclass
-class Split:
-    x: torch.Tensor             # float32 (n,1,16,16) in [0, 1]
-    partition: torch.Tensor     # int64 (n,)
-    index: np.ndarray           # int64 (n,) indices into the BlockSet (for audits)
-
-    def __len__(self) -> int:
-        return int(self.partition.shape[0])
-
-
-@dataclass
-class Splits:
-    train: Split
-    val: Split
-    test: Split
-    info: dict
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # validation helpers
 def _fail(where: str, message: str) -> LossAblationError:
     return LossAblationError(f"{where}: {message}")
+
+
+def _first_line(exc: BaseException, limit: int = 120) -> str:
+    """The first line of an exception's text (its type when it has none), for a one-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
 
 
 def _check_block_array(arr: np.ndarray, where: str, key: str, allowed: Sequence[str]) -> None:
@@ -137,22 +129,49 @@ def _check_partition(arr: np.ndarray, where: str, key: str, n: int) -> np.ndarra
 # ----------------------------------------------------------------------------------------------------------------
 # v7 reader
 def _torch_load_dict(path: Path) -> dict:
+    import torch
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's remarks on odd content (sparse, typed storages): we judge it below
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise _fail(str(path), "file not found") from None
     except Exception as exc:  # truncated zip, pickle garbage, not a torch file at all
-        detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise _fail(str(path), f"not a readable torch file ({detail})") from None
+        raise _fail(str(path), f"not a readable torch file ({_first_line(exc)})") from None
     if not isinstance(obj, dict):
         raise _fail(str(path), f"expected a dict of tensors, got {type(obj).__name__}")
     return obj
 
 
+def _unusual_tensor_kind(tensor: torch.Tensor) -> str | None:
+    """What makes ``tensor`` other than a plain dense CPU tensor (sparse, meta, quantized, ...), or None."""
+    import torch
+
+    if tensor.layout != torch.strided:
+        return f"{str(tensor.layout).removeprefix('torch.')} layout"
+    if tensor.device.type != "cpu":
+        return f"{tensor.device.type} device"
+    if tensor.is_quantized:
+        return "quantized"
+    if tensor.is_nested:
+        return "nested"
+    return None
+
+
 def _tensor_to_numpy(obj: Any, where: str, key: str) -> np.ndarray:
+    """The array of a plain dense CPU tensor; anything else is refused with one line naming the key."""
+    import torch
+
     if not isinstance(obj, torch.Tensor):
         raise _fail(where, f"key {key!r}: expected a tensor, got {type(obj).__name__}")
-    return obj.detach().cpu().numpy()
+    kind = _unusual_tensor_kind(obj)
+    if kind is not None:
+        raise _fail(where, f"key {key!r}: expected a plain dense CPU tensor, got a tensor with {kind}")
+    try:
+        return obj.detach().numpy()
+    except (TypeError, RuntimeError, NotImplementedError) as exc:  # e.g. bfloat16, conjugate views
+        raise _fail(where, f"key {key!r}: expected a plain dense CPU tensor ({_first_line(exc)})") from None
 
 
 def read_v7_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -194,33 +213,47 @@ def load_v7(folder: str | os.PathLike) -> BlockSet:
 
 # ----------------------------------------------------------------------------------------------------------------
 # npz reader / writer
-def _open_npz(path: Path) -> Mapping[str, np.ndarray]:
+class _NpzArchive:
+    """An open npz archive whose arrays are read one at a time, when asked for: keys that nobody asks for (a
+    large array someone added, say) are never decompressed into memory."""
+
+    def __init__(self, npz: np.lib.npyio.NpzFile, where: str):
+        self._npz, self.where, self.keys = npz, where, frozenset(npz.files)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self._npz[key]
+        except _NPZ_ERRORS as exc:
+            raise _fail(self.where, f"not a readable npz file (key {key!r}: {_first_line(exc)})") from None
+
+    def require(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            if key not in self.keys:
+                raise _fail(self.where, f"missing key {key!r} (keys: {', '.join(sorted(self.keys)) or 'none'})")
+
+
+@contextlib.contextmanager
+def _open_npz(path: Path) -> Iterator[_NpzArchive]:
     if not path.is_file():
         raise _fail(str(path), "file not found")
     try:
         npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an npz archive")
-        data = {}
-        for key in npz.files:
-            data[key] = npz[key]
-        return data
-    except LossAblationError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise _fail(str(path), f"not a readable npz file ({str(exc).splitlines()[0][:120]})") from None
+    except _NPZ_ERRORS as exc:
+        raise _fail(str(path), f"not a readable npz file ({_first_line(exc)})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise _fail(str(path), "not a readable npz file (a single .npy array, not an npz archive)")
+    with npz:
+        yield _NpzArchive(npz, str(path))
 
 
-def load_npz(path: str | os.PathLike) -> BlockSet:
-    path = Path(path)
-    where = str(path)
-    data = _open_npz(path)
-    for key in NPZ_REQUIRED:
-        if key not in data:
-            raise _fail(where, f"missing key {key!r} (keys: {', '.join(sorted(data)) or 'none'})")
+def _npz_blocks(data: _NpzArchive) -> tuple[np.ndarray, int]:
+    """``blocks`` (uint8 / uint16) and the ``bit_depth`` they fit."""
+    where = data.where
     blocks = data["blocks"]
     _check_block_array(blocks, where, "blocks", ("uint8", "uint16"))
-    n = blocks.shape[0]
     bit_depth_arr = data["bit_depth"]
     if bit_depth_arr.shape != () or bit_depth_arr.dtype.kind not in "iu":
         raise _fail(where, f"key 'bit_depth': expected an integer scalar, got {bit_depth_arr.dtype.name} "
@@ -229,17 +262,22 @@ def load_npz(path: str | os.PathLike) -> BlockSet:
     max_depth = 8 if blocks.dtype == np.uint8 else 16
     if not (8 <= bit_depth <= max_depth):
         raise _fail(where, f"key 'bit_depth': {bit_depth} does not fit blocks of dtype {blocks.dtype.name}")
-    if blocks.dtype == np.uint16 and n and int(blocks.max()) > (1 << bit_depth) - 1:
+    if blocks.dtype == np.uint16 and blocks.shape[0] and int(blocks.max()) > (1 << bit_depth) - 1:
         raise _fail(where, f"key 'blocks': value {int(blocks.max())} exceeds {bit_depth}-bit range")
-    partition = _check_partition(data["partition"], where, "partition", n)
+    return blocks, bit_depth
 
-    def names(key: str) -> tuple[str, ...]:
-        arr = data[key]
-        if arr.ndim != 1 or arr.dtype.kind != "U":
-            raise _fail(where, f"key {key!r}: expected a 1-d array of strings, got {arr.dtype.name} "
-                               f"shape {tuple(arr.shape)}")
-        return tuple(str(s) for s in arr)
 
+def _npz_names(data: _NpzArchive, key: str) -> tuple[str, ...]:
+    arr = data[key]
+    if arr.ndim != 1 or arr.dtype.kind != "U":
+        raise _fail(data.where, f"key {key!r}: expected a 1-d array of strings, got {arr.dtype.name} "
+                                f"shape {tuple(arr.shape)}")
+    return tuple(str(s) for s in arr)
+
+
+def _npz_optional(data: _NpzArchive, n: int) -> dict[str, Any]:
+    """The optional per-block keys that are present, checked against ``n`` blocks."""
+    where = data.where
     extra: dict[str, Any] = {}
     for key in NPZ_PER_BLOCK_INT:
         if key in data:
@@ -249,20 +287,38 @@ def load_npz(path: str | os.PathLike) -> BlockSet:
             missing = names_key if ids in data else ids
             raise _fail(where, f"missing key {missing!r} (needed with {names_key if missing == ids else ids!r})")
         if ids in data:
-            extra[names_key] = names(names_key)
-            _check_int_vector(data[ids], where, ids, n, 0, len(extra[names_key]) - 1)
+            extra[names_key] = _npz_names(data, names_key)
+            _check_int_vector(extra[ids], where, ids, n, 0, len(extra[names_key]) - 1)
     if "position" in data:
         pos = data["position"]
         if pos.dtype.kind not in "iu" or pos.shape != (n, 2):
             raise _fail(where, f"key 'position': expected integer shape ({n}, 2), got {pos.dtype.name} "
                                f"{tuple(pos.shape)}")
         extra["position"] = pos.astype(np.int64, copy=False)
-    encoder = {}
-    if "encoder" in data:
-        try:
-            encoder = json.loads(str(data["encoder"]))
-        except json.JSONDecodeError:
-            raise _fail(where, "key 'encoder': not a JSON string") from None
+    return extra
+
+
+def _npz_encoder(data: _NpzArchive) -> dict:
+    if "encoder" not in data:
+        return {}
+    try:
+        encoder = json.loads(str(data["encoder"]))
+    except json.JSONDecodeError:
+        raise _fail(data.where, "key 'encoder': not a JSON string") from None
+    if not isinstance(encoder, dict):
+        raise _fail(data.where, f"key 'encoder': expected a JSON object, got {type(encoder).__name__}")
+    return encoder
+
+
+def load_npz(path: str | os.PathLike) -> BlockSet:
+    """Our npz format (written by :func:`save_npz`), validated; reads only the keys of the format."""
+    path = Path(path)
+    with _open_npz(path) as data:
+        data.require(NPZ_REQUIRED)
+        blocks, bit_depth = _npz_blocks(data)
+        partition = _check_partition(data["partition"], data.where, "partition", blocks.shape[0])
+        extra = _npz_optional(data, blocks.shape[0])
+        encoder = _npz_encoder(data)
     return BlockSet(
         blocks=blocks, bit_depth=bit_depth, partition=partition,
         source=extra.get("source_id"), source_names=extra.get("source_names"),
@@ -308,315 +364,3 @@ def load_dataset(path: str | os.PathLike) -> BlockSet:
     if p.suffix == ".npz":
         return load_npz(p)
     raise _fail(str(p), "unknown dataset format (expected a v7 folder or an .npz file)")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# targets
-def group_lookup(groups: Mapping[str, Sequence[str]] | None = None, key: str = "classes") -> np.ndarray:
-    """Table partition id -> Stage-2 class index (-1 for NONE and for partitions outside every group)."""
-    groups = DEFAULT_GROUPS if groups is None else groups
-    if set(groups) != set(STAGE2_CLASSES):
-        raise LossAblationError(f"{key}: expected exactly the groups {', '.join(STAGE2_CLASSES)}, "
-                                f"got {', '.join(groups) or 'none'}")
-    table = np.full(len(PARTITION_NAMES), -1, dtype=np.int64)
-    for cls, name in enumerate(STAGE2_CLASSES):
-        for member in groups[name]:
-            if member not in PARTITION_NAMES:
-                raise LossAblationError(f"{key}.{name}: unknown partition {member!r}")
-            if member == "NONE":
-                raise LossAblationError(f"{key}.{name}: NONE cannot be a Stage-2 class (it is Stage 1's negative)")
-            pid = PARTITION_NAMES.index(member)
-            if table[pid] != -1:
-                raise LossAblationError(f"{key}.{name}: {member} is already in {STAGE2_CLASSES[table[pid]]}")
-            table[pid] = cls
-    return table
-
-
-def stage2_targets(partition: torch.Tensor | np.ndarray, groups: Mapping[str, Sequence[str]] | None = None
-                   ) -> torch.Tensor:
-    """Stage-2 class per block (SPLIT 0, RECT 1, AB 2), -1 for NONE (and partitions in no group)."""
-    table = torch.from_numpy(group_lookup(groups))
-    return table[torch.as_tensor(partition, dtype=torch.int64)]
-
-
-def stage1_targets(partition: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """0 for NONE, 1 for any partitioned block."""
-    return (torch.as_tensor(partition, dtype=torch.int64) != 0).to(torch.int64)
-
-
-def _strata(partition: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Stratum per block: 0 SPLIT, 1 RECT, 2 AB, 3 NONE / ungrouped."""
-    s = table[partition]
-    return np.where(s < 0, len(STAGE2_CLASSES), s)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# splits
-def _stratified_block_split(index: np.ndarray, strata: np.ndarray, fractions: Sequence[float],
-                            rng: np.random.Generator) -> list[np.ndarray]:
-    """Random split of ``index`` into len(fractions) parts, per stratum (each stratum split in proportion)."""
-    out: list[list[np.ndarray]] = [[] for _ in fractions]
-    bounds = np.cumsum(fractions)[:-1]
-    for stratum in np.unique(strata):
-        members = index[strata == stratum]
-        members = members[rng.permutation(members.shape[0])]
-        cuts = np.rint(bounds * members.shape[0]).astype(int)
-        for side, part in enumerate(np.split(members, cuts)):
-            out[side].append(part)
-    return [np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64) for parts in out]
-
-
-def _imbalance(assigned: np.ndarray, target: np.ndarray, scale: np.ndarray) -> float:
-    return float((((assigned - target) / scale) ** 2).sum())
-
-
-def grouped_assignment(counts: np.ndarray, fractions: Sequence[float], seed: int, restarts: int = 8
-                       ) -> np.ndarray:
-    """Assign groups (rows of a groups x strata count matrix) to sides, stratified as far as groups allow.
-
-    Minimises sum over sides and strata of ((n_side,stratum - fraction_side * n_stratum) / n_stratum)^2 by a
-    local search (:func:`_assign_from_order`) from ``restarts`` seeded random orders of the groups, keeping the
-    best. Returns the side index per group; deterministic in ``seed`` (other seeds give other, similarly balanced
-    splits when the groups allow it).
-    """
-    counts = np.asarray(counts, dtype=float)
-    fractions = np.asarray(fractions, dtype=float)
-    total = counts.sum(axis=0)
-    scale = np.where(total > 0, total, 1.0)
-    target = fractions[:, None] * total[None, :]
-    rng = np.random.default_rng(seed)
-    best, best_cost = None, np.inf
-    for _ in range(restarts):
-        side_of = _assign_from_order(counts, fractions, rng.permutation(counts.shape[0]))
-        assigned = np.stack([counts[side_of == k].sum(axis=0) for k in range(len(fractions))])
-        cost = _imbalance(assigned, target, scale)
-        if cost < best_cost - 1e-12:
-            best, best_cost = side_of, cost
-    return best
-
-
-def _assign_from_order(counts: np.ndarray, fractions: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Greedy pass in ``order`` (each group to the side that costs least), then single-group moves and pairwise
-    swaps (up to 400 groups) while any lowers the cost; every side keeps at least one group."""
-    counts = np.asarray(counts, dtype=float)
-    fractions = np.asarray(fractions, dtype=float)
-    n_groups, n_sides = counts.shape[0], len(fractions)
-    total = counts.sum(axis=0)
-    scale = np.where(total > 0, total, 1.0)
-    target = fractions[:, None] * total[None, :]
-    assigned = np.zeros((n_sides, counts.shape[1]))
-    side_of = np.full(n_groups, -1, dtype=np.int64)
-
-    def best_side(g: int) -> int:
-        costs = []
-        for side in range(n_sides):
-            assigned[side] += counts[g]
-            costs.append(_imbalance(assigned, target, scale))
-            assigned[side] -= counts[g]
-        return int(np.argmin(costs))
-
-    for g in order:
-        side_of[g] = best_side(g)
-        assigned[side_of[g]] += counts[g]
-    for _ in range(100):  # local improvement: move one group at a time while the cost drops
-        moved = False
-        for g in order:
-            here = side_of[g]
-            if (side_of == here).sum() == 1:
-                continue  # never empty a side
-            before = _imbalance(assigned, target, scale)
-            assigned[here] -= counts[g]
-            side = best_side(g)
-            assigned[side] += counts[g]
-            if side != here and _imbalance(assigned, target, scale) < before - 1e-12:
-                side_of[g], moved = side, True
-            else:
-                assigned[side] -= counts[g]
-                assigned[here] += counts[g]
-        if n_groups <= 400:  # then swaps of two groups on different sides
-            for i, g in enumerate(order):
-                for h in order[i + 1:]:
-                    a, b = side_of[g], side_of[h]
-                    if a == b:
-                        continue
-                    before = _imbalance(assigned, target, scale)
-                    delta = counts[h] - counts[g]
-                    assigned[a] += delta
-                    assigned[b] -= delta
-                    if _imbalance(assigned, target, scale) < before - 1e-12:
-                        side_of[g], side_of[h], moved = b, a, True
-                    else:
-                        assigned[a] -= delta
-                        assigned[b] += delta
-        if not moved:
-            break
-    for side in range(n_sides):  # a side left empty takes the smallest group of the largest side
-        if not (side_of == side).any():
-            donor = np.bincount(side_of, minlength=n_sides).argmax()
-            members = np.flatnonzero(side_of == donor)
-            side_of[members[np.argmin(counts[members].sum(axis=1))]] = side
-    return side_of
-
-
-def _split_config(cfg: Mapping[str, Any]) -> dict:
-    split = {**DEFAULT_SPLIT, **(cfg.get("split") or {})}
-    if split["val_fraction"] + split["test_fraction"] >= 1:
-        raise LossAblationError("split: val_fraction + test_fraction must be below 1")
-    return split
-
-
-def split_indices(ds: BlockSet, split: Mapping[str, Any], table: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
-    """Block indices per side and a description of how they were chosen."""
-    rng = np.random.default_rng(split["seed"])
-    strata = _strata(ds.partition, table)
-    n = len(ds)
-    if ds.origin is not None:  # v7: keep their files; carve a test set out of val.pt when there is none
-        train = np.flatnonzero(ds.origin == 0)
-        val = np.flatnonzero(ds.origin == 1)
-        if (ds.origin == 2).any():
-            test, method = np.flatnonzero(ds.origin == 2), "v7 files train.pt / val.pt / test.pt"
-        else:
-            f = split["v7_test_fraction"]
-            val, test = _stratified_block_split(val, strata[val], (1 - f, f), rng)
-            method = f"v7 train.pt; val.pt split at block level into val / test ({f:g} to test), stratified"
-        return {"train": train, "val": val, "test": test}, {"method": method, "block_level": True}
-    fractions = (1 - split["val_fraction"] - split["test_fraction"], split["val_fraction"], split["test_fraction"])
-    if ds.source is None:
-        parts = _stratified_block_split(np.arange(n), strata, fractions, rng)
-        return dict(zip(SIDES, parts)), {"method": "random block-level split stratified by class (no source ids)",
-                                         "block_level": True}
-    n_sources = len(ds.source_names)
-    counts = np.zeros((n_sources, len(STAGE2_CLASSES) + 1), dtype=np.int64)
-    np.add.at(counts, (ds.source, strata), 1)
-    present = np.flatnonzero(counts.sum(axis=1) > 0)
-    if present.shape[0] < 3:
-        raise LossAblationError(f"{ds.provenance.get('path')}: only {present.shape[0]} source(s) with blocks; a "
-                                "split grouped by source needs at least 3")
-    side_of_present = grouped_assignment(counts[present], fractions, split["seed"])
-    side_of = np.full(n_sources, -1)
-    side_of[present] = side_of_present
-    block_side = side_of[ds.source]
-    parts = {side: np.flatnonzero(block_side == k) for k, side in enumerate(SIDES)}
-    sources = {side: [ds.source_names[s] for s in present[side_of_present == k]] for k, side in enumerate(SIDES)}
-    return parts, {"method": "grouped by source (greedy, stratified by class as far as groups allow)",
-                   "block_level": False, "sources": sources}
-
-
-def _counts(partition: np.ndarray, table: np.ndarray) -> dict:
-    pc = np.bincount(partition, minlength=len(PARTITION_NAMES))
-    s2 = np.bincount(table[partition][table[partition] >= 0], minlength=len(STAGE2_CLASSES))
-    return {"n": int(partition.shape[0]),
-            "partition": {name: int(c) for name, c in zip(PARTITION_NAMES, pc)},
-            "stage2": {name: int(c) for name, c in zip(STAGE2_CLASSES, s2)},
-            "n_stage2": int(s2.sum())}
-
-
-def compute_split(cfg: Mapping[str, Any], dataset: BlockSet | None = None
-                  ) -> tuple[BlockSet, dict[str, np.ndarray], dict]:
-    """Load (unless given), split and check: the dataset, block indices per side and the JSON-able info."""
-    ds = dataset if dataset is not None else load_dataset(cfg["dataset"])
-    split = _split_config(cfg)
-    groups = cfg.get("classes") or DEFAULT_GROUPS
-    table = group_lookup(groups)
-    index, how = split_indices(ds, split, table)
-    where = ds.provenance.get("path", str(cfg.get("dataset")))
-    counts = {side: _counts(ds.partition[index[side]], table) for side in SIDES}
-    for side in SIDES:
-        for name in STAGE2_CLASSES:
-            if counts[side]["stage2"][name] == 0:
-                raise LossAblationError(
-                    f"{where}: split {side!r} has no {name} blocks (split.seed {split['seed']}, "
-                    f"{counts[side]['n']} blocks on that side); use more sources or another split.seed")
-    sources = how.get("sources")
-    for side in SIDES:
-        if sources is not None:
-            counts[side]["n_sources"] = len(sources[side])
-    info = {
-        "dataset": where, "format": ds.provenance.get("format"), "fingerprint": ds.provenance.get("fingerprint"),
-        "block_level": bool(how["block_level"]), "method": how["method"],
-        "split": {k: split[k] for k in DEFAULT_SPLIT}, "classes": {k: list(v) for k, v in groups.items()},
-        "n_blocks": len(ds), "n_sources": ds.n_sources, "sources": sources, "counts": counts,
-    }
-    if info["block_level"]:
-        info["note"] = ("block-level split: neighbouring blocks of one frame sit on both sides, so val/test scores "
-                        "are optimistic")
-    if ds.provenance.get("encoder"):
-        info["encoder"] = ds.provenance["encoder"]
-    return ds, index, info
-
-
-def make_splits(cfg: Mapping[str, Any], dataset: BlockSet | None = None) -> Splits:
-    """train / val / test tensors from ``cfg["dataset"]``; deterministic in ``cfg["split"]["seed"]``.
-
-    Grouped by source when the dataset has source ids (no source on two sides); block-level otherwise (v7, or an
-    npz without sources), which ``info["block_level"]`` records. Every Stage-2 class must occur on every side.
-    """
-    ds, index, info = compute_split(cfg, dataset)
-    parts = {side: Split(x=ds.samples(index[side]), partition=torch.from_numpy(ds.partition[index[side]].copy()),
-                         index=index[side]) for side in SIDES}
-    return Splits(train=parts["train"], val=parts["val"], test=parts["test"], info=info)
-
-
-def write_split_audit(cfg: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``split.json`` (info: method, sources per side, counts, fingerprint) and ``split_indices.npz``
-    (train/val/test block indices into the dataset, v7 order train.pt, val.pt, test.pt) into ``out_dir``."""
-    out = Path(out_dir)
-    _, index, info = compute_split(cfg)
-    json_path, npz_path = out / "split.json", out / "split_indices.npz"
-    with atomic_path(npz_path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **{side: index[side].astype(np.int64) for side in SIDES})
-    atomic_write_json(json_path, info)
-    return json_path, npz_path
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# describe
-def describe(path: str | os.PathLike, groups: Mapping[str, Sequence[str]] | None = None) -> dict:
-    """Counts of a dataset (JSON-able): n_blocks, partition_counts, stage2_counts, n_sources, ..."""
-    ds = load_dataset(path)
-    table = group_lookup(groups)
-    c = _counts(ds.partition, table)
-    out = {
-        "path": str(path), "format": ds.provenance["format"], "fingerprint": ds.provenance["fingerprint"],
-        "n_blocks": c["n"], "bit_depth": ds.bit_depth, "partition_counts": c["partition"],
-        "stage2_counts": c["stage2"], "n_stage2": c["n_stage2"], "n_sources": ds.n_sources,
-    }
-    if ds.origin is not None:
-        present = [name for k, name in enumerate(V7_FILES) if (ds.origin == k).any()]
-        out["files"] = {name: _counts(ds.partition[ds.origin == V7_FILES.index(name)], table) for name in present}
-    if ds.source_names is not None:
-        out["sources"] = {name: int(n) for name, n in
-                          zip(ds.source_names, np.bincount(ds.source, minlength=len(ds.source_names)))}
-    if ds.cq is not None:
-        out["cq_levels"] = sorted(int(v) for v in np.unique(ds.cq))
-    if ds.provenance.get("encoder"):
-        out["encoder"] = ds.provenance["encoder"]
-    return out
-
-
-def format_description(d: Mapping[str, Any]) -> str:
-    """The short human table of ``describe-data``."""
-    depth = "float [0,1]" if d["bit_depth"] is None else f"{d['bit_depth']}-bit"
-    sources = "unknown" if d["n_sources"] is None else str(d["n_sources"])
-    lines = [f"dataset   {d['path']}  ({d['format']}, {depth})",
-             f"blocks    {d['n_blocks']:,}   sources {sources}   fingerprint {d['fingerprint'][:12]}"]
-    if d.get("cq_levels"):
-        lines.append(f"cq        {', '.join(map(str, d['cq_levels']))}")
-    lines.append("")
-    lines.append(f"{'partition':<10}{'blocks':>10}{'share':>8}")
-    total = max(d["n_blocks"], 1)
-    for name, n in d["partition_counts"].items():
-        lines.append(f"{name:<10}{n:>10,}{100 * n / total:>7.1f}%")
-    lines.append("")
-    s2 = max(d["n_stage2"], 1)
-    lines.append(f"{'stage 2':<10}{'blocks':>10}{'share':>8}")
-    for name, n in d["stage2_counts"].items():
-        lines.append(f"{name:<10}{n:>10,}{100 * n / s2:>7.1f}%")
-    lines.append(f"{'total':<10}{d['n_stage2']:>10,}")
-    if d.get("files"):
-        lines.append("")
-        lines.append("file       blocks  " + "  ".join(f"{n:>7}" for n in STAGE2_CLASSES))
-        for name, c in d["files"].items():
-            lines.append(f"{name:<9}{c['n']:>8,}  " + "  ".join(f"{c['stage2'][n]:>7,}" for n in STAGE2_CLASSES))
-    return "\n".join(lines)

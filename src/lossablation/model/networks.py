@@ -1,7 +1,10 @@
 """The v7 model: ResNet-18 backbone for 16x16 luma blocks, conv adapters, Stage-1 and Stage-2 heads.
 
-Module and parameter names follow the researcher's v7 code (see ``shared/reference/v7-format.md``) so that a
-v7 ``stage1_model_best.pt`` loads strictly and our Stage-2 checkpoints keep the v7 adapter names.
+Module and parameter names follow the researcher's v7 code (the checkpoint layout is in docs/design.md) so
+that a v7 ``stage1_model_best.pt`` loads strictly and our Stage-2 checkpoints keep the v7 adapter names.
+A Stage-1 checkpoint is untrusted input: it is read with ``weights_only=True`` and every value is checked
+(a dense CPU tensor of the layout's shape, finite) before it reaches a model, each refusal one line naming
+the file and the first bad key.
 
 Shapes for a 16x16 input: conv1 (stride 2) -> 8x8, maxpool -> 4x4, layer1 4x4, layer2 2x2, layer3 1x1,
 layer4 1x1. ``lossablation.model.fastpath`` uses that to compute the frozen parts exactly as matrix products.
@@ -13,8 +16,9 @@ default ``[0.4, 0.4]``); the list is configurable.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -23,7 +27,6 @@ import torchvision
 
 from lossablation.errors import LossAblationError
 
-STAGE1_KEY_COUNT = 133
 SE_REDUCTION = 16
 STAGE1_HEAD_DROPOUT = 0.3
 
@@ -207,30 +210,52 @@ def _key_mismatch_message(source: str, missing: list[str], unexpected: list[str]
 
 
 def read_stage1_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a v7 Stage-1 checkpoint dict (weights only), with a one-line error on failure."""
+    """Load a v7 Stage-1 checkpoint dict (tensors and plain data only), with a one-line error on failure."""
     path = Path(path)
     if not path.is_file():
         raise LossAblationError(f"{path}: Stage-1 checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's remarks on odd content (e.g. sparse tensors): judged below
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
         raise LossAblationError(f"{path}: cannot read Stage-1 checkpoint ({type(exc).__name__}: {exc})".split("\n")[0])
     if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
         raise LossAblationError(f"{path}: not a v7 Stage-1 checkpoint (no 'model_state_dict' key)")
+    if not isinstance(ckpt["model_state_dict"], Mapping):
+        raise LossAblationError(f"{path}: model_state_dict: expected a mapping of tensors, "
+                                f"got {type(ckpt['model_state_dict']).__name__}")
     return ckpt
 
 
-def check_stage1_state(state: dict[str, torch.Tensor], source: str) -> None:
-    """Raise LossAblationError unless ``state`` has exactly the 133 v7 Stage-1 keys with matching shapes."""
-    reference = Stage1Model().state_dict()
+def _value_problem(value: Any, reference: torch.Tensor) -> str | None:
+    """Why ``value`` cannot stand for the ``reference`` weight (wrong type, layout, device, shape, non-finite)."""
+    if not isinstance(value, torch.Tensor):
+        return f"expected a tensor, got {type(value).__name__}"
+    if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized or value.is_nested:
+        return f"expected a dense CPU tensor, got layout {value.layout}, device {value.device.type}"
+    if value.is_floating_point() != reference.is_floating_point() or value.is_complex():
+        return f"expected dtype {reference.dtype}, got {value.dtype}"
+    if tuple(value.shape) != tuple(reference.shape):
+        return f"expected shape {tuple(reference.shape)}, got {tuple(value.shape)}"
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        return "non-finite values (NaN or inf): the checkpoint is broken"
+    return None
+
+
+def check_stage1_state(state: Mapping[str, Any], source: str) -> None:
+    """Raise LossAblationError unless ``state`` has exactly the 133 v7 Stage-1 keys, each a finite dense tensor
+    of the layout's shape; the message names ``source`` and the first bad key (in the layout's order)."""
+    with torch.device("meta"):  # the layout only: no memory, no draw from the random generators
+        reference = Stage1Model().state_dict()
     missing = [k for k in reference if k not in state]
-    unexpected = [k for k in state if k not in reference]
+    unexpected = [str(k) for k in state if k not in reference]
     if missing or unexpected:
         raise LossAblationError(_key_mismatch_message(source, missing, unexpected))
     for key, ref in reference.items():
-        if tuple(state[key].shape) != tuple(ref.shape):
-            raise LossAblationError(
-                f"{source}: model_state_dict[{key!r}]: expected shape {tuple(ref.shape)}, got {tuple(state[key].shape)}")
+        problem = _value_problem(state[key], ref)
+        if problem is not None:
+            raise LossAblationError(f"{source}: model_state_dict[{key!r}]: {problem}")
 
 
 def load_stage1_model(path: str | Path) -> Stage1Model:

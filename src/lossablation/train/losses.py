@@ -1,6 +1,6 @@
 """The ablation's losses, class-balanced weights and the arm -> loss-module factory.
 
-One convention for every loss (reference ``losses-and-stats.md`` §0): each loss function below returns an
+One convention for every loss (docs/losses.md, where the formulas are): each loss function below returns an
 UNWEIGHTED per-sample loss ``l_i`` (summed over classes where the loss has per-class terms); a loss module
 multiplies it by the class weight of the sample's true class and reduces as ``sum_i w[y_i] * l_i / N``
 (divide by the batch size, never by the sum of weights, so every arm sees the same scale / learning rate).
@@ -35,12 +35,14 @@ __all__ = [
     "poly1",
     "asymmetric",
     "focal_label_smoothing",
-    "weighted_mean",
     "LOSS_FUNCTIONS",
     "LOSS_PARAMS",
     "DEFAULT_ARMS",
     "WEIGHTINGS",
     "REBALANCE_MODES",
+    "resolve_rebalance",
+    "check_loss_params",
+    "complete_params",
     "ClassWeightedLoss",
     "make_loss",
     "build_arm_loss",
@@ -217,13 +219,6 @@ def focal_label_smoothing(
         return -(q * torch.exp(gamma * _log1m_softmax(z)) * logp).sum(dim=-1)
 
 
-def weighted_mean(per_sample: torch.Tensor, targets: torch.Tensor, weight=None) -> torch.Tensor:
-    """THE reduction of every arm: ``sum_i w[y_i] l_i / N`` (N = batch size, not sum of weights)."""
-    if weight is not None:
-        per_sample = per_sample * weight.to(per_sample.dtype)[targets.long()]
-    return per_sample.sum() / per_sample.shape[0]
-
-
 LOSS_FUNCTIONS = {
     "cross_entropy": cross_entropy,
     "focal": focal,
@@ -253,7 +248,16 @@ _PARAM_RANGES = {
 }
 
 WEIGHTINGS = ("class_balanced", "none")
-REBALANCE_MODES = ("loss_weights", "sampler", "both", "none")
+
+#: ``train.rebalance`` -> (class-balanced weights in the loss, class-balanced sampler); read through
+#: :func:`resolve_rebalance`, the one place a mode is interpreted.
+_REBALANCE = {
+    "loss_weights": (True, False),   # CB weights in the loss (when the arm's weighting is class_balanced)
+    "sampler": (False, True),        # a class-balanced sampler; the sampled data is already uniform: weights 1
+    "both": (True, True),            # the v7 behaviour; over-corrects toward the rarest class
+    "none": (False, False),
+}
+REBALANCE_MODES = tuple(_REBALANCE)
 
 #: The plan's five arms, in the config's ``losses:`` form.
 DEFAULT_ARMS: dict[str, dict] = {
@@ -273,9 +277,23 @@ DEFAULT_ARMS: dict[str, dict] = {
 }
 
 
+def resolve_rebalance(mode: str) -> tuple[bool, bool]:
+    """``train.rebalance`` as (class-balanced loss weights, class-balanced sampler); used by both.
+
+    ``loss_weights``: CB weights in the loss when the arm's ``weighting`` is ``class_balanced`` (data sampled as
+    is); ``sampler``: draw training batches class-balanced (with replacement), loss weights all 1; ``both``:
+    both at once; ``none``: neither.
+    """
+    try:
+        return _REBALANCE[mode]
+    except (KeyError, TypeError):
+        raise LossConfigError(f"train.rebalance: unknown {mode!r}; valid: {', '.join(REBALANCE_MODES)}") from None
+
+
 def check_loss_params(kind: str, params: Mapping | None, key: str = "losses") -> dict:
     """Validate ``kind`` and ``params`` and return the full parameter dict (defaults filled in).
 
+    ``load_config`` calls it once per arm; the loss kinds are the keys of ``LOSS_FUNCTIONS`` (their only list).
     Raises LossConfigError (a ValueError) naming ``key``, the culprit, and the valid choices.
     """
     if kind not in LOSS_PARAMS:
@@ -287,31 +305,37 @@ def check_loss_params(kind: str, params: Mapping | None, key: str = "losses") ->
         raise LossConfigError(
             f"{key}: unknown parameter {unknown[0]!r} for loss {kind!r}; valid: {', '.join(valid) or '(none)'}"
         )
-    full = {**valid, **params}
-    for name, value in full.items():
+    for name, value in {**valid, **params}.items():
         if isinstance(valid[name], bool):
             if not isinstance(value, bool):
                 raise LossConfigError(f"{key}: parameter {name!r} of {kind!r} must be true/false, got {value!r}")
             continue
         if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
             raise LossConfigError(f"{key}: parameter {name!r} of {kind!r} must be a finite number, got {value!r}")
-        full[name] = float(value)
         rng = _PARAM_RANGES.get((kind, name))
-        if rng is not None and not rng[0](full[name]):
+        if rng is not None and not rng[0](float(value)):
             raise LossConfigError(f"{key}: parameter {name!r} of {kind!r} must be {rng[1]}, got {value!r}")
-    return full
+    return complete_params(kind, params)
+
+
+def complete_params(kind: str, params: Mapping | None) -> dict:
+    """Every parameter of ``kind``, defaults filled in, numbers as floats: what a loss module stores and a run
+    records. No checks: for parameters already validated (by ``check_loss_params``, at config load)."""
+    full = {**LOSS_PARAMS[kind], **(params or {})}
+    return {name: value if isinstance(value, bool) else float(value) for name, value in full.items()}
 
 
 class ClassWeightedLoss(nn.Module):
     """``forward(logits, targets)`` = ``sum_i w[y_i] l_i / N`` for one loss kind.
 
+    ``params``: the loss's full, already validated parameters (``check_loss_params`` / ``complete_params``).
     ``weight`` (C,) is a buffer (moves with ``.to(device)``), or None for the unweighted loss.
     ``per_sample(logits, targets)`` returns ``w[y_i] l_i`` (N,), for tests and divergence checks.
     """
 
-    def __init__(self, kind: str, weight=None, **params):
+    def __init__(self, kind: str, weight=None, *, params: Mapping):
         super().__init__()
-        self.params = check_loss_params(kind, params)
+        self.params = dict(params)
         self.kind = kind
         self._fn = LOSS_FUNCTIONS[kind]
         w = None if weight is None else torch.as_tensor(weight, dtype=torch.float64).reshape(-1).clone()
@@ -335,46 +359,25 @@ class ClassWeightedLoss(nn.Module):
 
 
 def make_loss(kind: str, weights=None, **params) -> ClassWeightedLoss:
-    """The loss module for ``kind`` with class ``weights`` (None = unweighted) and loss ``params``."""
-    return ClassWeightedLoss(kind, weights, **params)
+    """The loss module for ``kind`` with class ``weights`` (None = unweighted) and loss ``params`` (validated
+    here: this is the entry point for scripts)."""
+    return ClassWeightedLoss(kind, weights, params=check_loss_params(kind, params))
 
 
-def build_arm_loss(
-    arm_cfg: Mapping,
-    train_class_counts: Sequence,
-    beta: float,
-    rebalance: str,
-    *,
-    key: str = "losses",
-) -> ClassWeightedLoss:
-    """Build one arm's loss from its config entry ``{"kind", "params", "weighting"}``.
+def build_arm_loss(arm_cfg: Mapping, train_class_counts: Sequence, beta: float, rebalance: str) -> ClassWeightedLoss:
+    """Build one arm's loss from its validated config entry ``{"kind", "params", "weighting"}``.
 
-    ``train_class_counts``: per-class counts of this seed's training split (index = class, SPLIT/RECT/AB).
-    ``rebalance`` (``train.rebalance``):
-      - ``loss_weights``: CB weights in the loss when ``weighting == class_balanced`` (data sampled as is);
-      - ``sampler``: a class-balanced sampler upstream; the loss weights are all 1 (the sampled
-        distribution is already uniform);
-      - ``both``: CB weights AND the sampler (the v7 behaviour; over-corrects toward the rarest class);
-      - ``none``: no re-balancing, weights all 1.
-    The returned module always carries an explicit weight vector (ones when unweighted), so
-    ``loss.weight.tolist()`` is what a run records as ``class_weights``.
+    The entry comes from ``load_config`` (which validated it and filled ``params`` and ``weighting``); it is not
+    checked again here. ``train_class_counts``: per-class counts of this seed's training split (index = class,
+    SPLIT/RECT/AB). Class-balanced weights (``beta``) are used when ``train.rebalance`` puts them in the loss
+    (:func:`resolve_rebalance`) and the arm's ``weighting`` is ``class_balanced``; otherwise all weights are 1.
+    The returned module always carries an explicit weight vector, so ``loss.weight.tolist()`` is what a run
+    records as ``class_weights``.
     """
-    if not isinstance(arm_cfg, Mapping):
-        raise LossConfigError(f"{key}: expected a mapping with kind, params, weighting, got {arm_cfg!r}")
-    unknown = [k for k in arm_cfg if k not in ("kind", "params", "weighting")]
-    if unknown:
-        raise LossConfigError(f"{key}: unknown key {unknown[0]!r}; valid: kind, params, weighting")
-    if "kind" not in arm_cfg:
-        raise LossConfigError(f"{key}: missing 'kind'; valid kinds: {', '.join(LOSS_PARAMS)}")
-    weighting = arm_cfg.get("weighting", "class_balanced")
-    if weighting not in WEIGHTINGS:
-        raise LossConfigError(f"{key}.weighting: unknown {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
-    if rebalance not in REBALANCE_MODES:
-        raise LossConfigError(f"train.rebalance: unknown {rebalance!r}; valid: {', '.join(REBALANCE_MODES)}")
-    params = check_loss_params(arm_cfg["kind"], arm_cfg.get("params"), key=f"{key}.params")
-    n_classes = torch.as_tensor(train_class_counts).numel()
-    if weighting == "class_balanced" and rebalance in ("loss_weights", "both"):
+    use_loss_weights, _ = resolve_rebalance(rebalance)
+    if use_loss_weights and arm_cfg["weighting"] == "class_balanced":
         weights = class_balanced_weights(train_class_counts, beta)
     else:
-        weights = torch.ones(n_classes, dtype=torch.float64)
-    return make_loss(arm_cfg["kind"], weights, **params)
+        weights = torch.ones(torch.as_tensor(train_class_counts).numel(), dtype=torch.float64)
+    kind = arm_cfg["kind"]
+    return ClassWeightedLoss(kind, weights, params=complete_params(kind, arm_cfg["params"]))

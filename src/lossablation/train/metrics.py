@@ -3,7 +3,7 @@
 Macro / per-class precision, recall and F1 and the confusion matrix come from scikit-learn with
 ``labels=[0, 1, 2]`` and ``zero_division=0`` (an absent class counts as F1 0 instead of dropping out).
 Calibration is top-label: confidence = max p, equal-width bins, ECE = sum_m |B_m|/N |acc_m - conf_m|,
-MCE = max over non-empty bins (losses-and-stats.md §4; same binning as torchmetrics).
+MCE = max over non-empty bins (the same binning as torchmetrics).
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, n_bins: int = 
     macro_p, macro_r, macro_f1, _ = precision_recall_fscore_support(
         labels, preds, labels=class_ids, average="macro", zero_division=0)
     ece, mce = calibration_errors(labels, probs, n_bins)
-    cm = confusion_matrix(labels, preds, labels=class_ids, normalize="true") if labels.shape[0] else \
-        np.zeros((len(class_ids), len(class_ids)))
+    cm = (confusion_matrix(labels, preds, labels=class_ids, normalize="true") if labels.shape[0]
+          else np.zeros((len(class_ids), len(class_ids))))
     return {
         "n": int(labels.shape[0]),
         "loss": None if loss is None else float(loss),
