@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from faults import fault_env
 from test_training import SRC, synthetic_blockset, write_config
 
 from lossablation.data.blocks import save_npz
@@ -103,6 +105,29 @@ def test_state_of_another_run_is_refused_not_replaced(setup, tmp_path):
     (out / "state.pt").write_bytes(foreign)
     one_line_error(train(setup, out), str(out / "state.pt"), "another run", "arm differs")
     assert sorted(p.name for p in out.iterdir()) == ["state.pt"] and (out / "state.pt").read_bytes() == foreign
+
+
+def test_state_of_this_run_under_another_configuration_starts_fresh_with_a_warning(setup, tmp_path):
+    """Same run (arm, seed), protocol changed since the state was written: stale, not foreign."""
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    assert train(setup, reference).returncode == 0
+    killed = subprocess.run(  # a real state of this run: killed right after epoch 1's state is written
+        [sys.executable, "-m", "lossablation.cli", "train", "--config", str(setup["config"]), "--arm", "baseline",
+         "--seed", "1", "--stage1", str(setup["stage1"]), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=fault_env("kill_after_state=1", None, SRC))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    state = load_state(out / "state.pt", torch.load(io.BytesIO((out / "state.pt").read_bytes().partition(b"\n")[2]),
+                                                    weights_only=True)["identity"])
+    state["identity"]["config_hash"] = "0" * 64                 # as if train.lr_head had changed since
+    (out / "state.pt").write_bytes(state_bytes(state))
+    proc = train(setup, out)
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING" in proc.stderr and "another configuration (config_hash differs)" in proc.stderr, proc.stderr
+    assert not (out / "state.pt").exists()
+    def losses(folder: Path) -> list[list[str]]:   # every column but the wall-clock seconds
+        return [line.split(",")[:-1] for line in (folder / "history.csv").read_text().splitlines()]
+
+    assert losses(out) == losses(reference)         # trained from scratch: the same numbers as a clean run
 
 
 @pytest.mark.parametrize("content, why", [

@@ -154,7 +154,8 @@ def fit_stage2(run: Stage2Run) -> LoopResult:
         return steps.epoch(batches, on_batch=lambda i, n: progress_bar(run.name, epoch, i, n))
 
     identity = {"arm": run.arm, "seed": run.seed, "stage1_sha256": run.stage1_sha256,
-                "config_hash": sha256_json(run.cfg), "dataset_fingerprint": run.split_info.get("fingerprint"),
+                "config_hash": sha256_json(run_protocol(run.cfg, run.arm)),
+                "dataset_fingerprint": run.split_info.get("fingerprint"),
                 "n_train": int(train.y.shape[0])}
     spec = LoopSpec(
         name=run.name, train_epoch=train_epoch, validate=lambda: validation_score(predict, val.h3, val.y),
@@ -165,6 +166,17 @@ def fit_stage2(run: Stage2Run) -> LoopResult:
         optimizer=optimizer, scheduler=scheduler, order_gen=order_gen, max_epochs=tcfg["max_epochs"],
         patience=tcfg["patience"], state_path=run.out / "state.pt", identity=identity)
     return run_epochs(spec)
+
+
+def run_protocol(cfg: Mapping[str, Any], arm: str) -> dict[str, Any]:
+    """The part of the config a Stage-2 run's numbers depend on: its arm's loss and the shared protocol.
+
+    Not the other arms, the seed list or ``resources``: adding a seed or an arm, or giving a job more runtime
+    after a cluster time-out, must not invalidate the resume state of a run they do not change.
+    """
+    return {"loss": cfg["losses"][arm], "train": cfg["train"], "model": cfg["model"], "split": cfg["split"],
+            "classes": cfg["classes"], "dataset": cfg["dataset"], "calibration_bins": cfg["calibration_bins"],
+            "device": cfg["device"]}
 
 
 def _order_sampler(y_train: torch.Tensor, train_counts: torch.Tensor, rebalance: str,

@@ -11,10 +11,13 @@ What is found in a run folder, and what happens (docs/reliability.md):
 - ``state.pt`` with our header whose payload does not match its sha256: our file, damaged (our writer renames
   only complete files, so this is a torn copy or a bad disk); nothing in it can be used or needs keeping, so
   the run starts fresh, with a log line;
+- ``state.pt`` of this run under another configuration (same run keys, but the protocol, the Stage-1 checkpoint
+  or the dataset changed since it was written): ours and harmless, but stale; the run starts fresh with a
+  WARNING naming what changed (Snakemake reruns a job whose params changed; the old epochs must not be resumed);
 - ``state.pt`` that is not this run's state: no header, a payload that is not plain tensors and data, fields
-  missing, or the state of another run (arm, seed, config, Stage-1 checkpoint, dataset): REFUSED with one
-  line naming the file (LossAblationError). It was written by something else; it is neither run nor replaced,
-  and the user decides (delete it to start the run fresh).
+  missing, or the state of another run (another arm / seed / stage: a copied or misplaced file): REFUSED with
+  one line naming the file (LossAblationError). It is neither run nor replaced, and the user decides (delete it
+  to start the run fresh).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from lossablation.io import atomic_write_with
 log = logging.getLogger("lossablation.train.state")
 
 STATE_MAGIC = b"LOSSABLATION-STATE-1 "
+RUN_KEYS = ("arm", "seed", "stage")       # which run a state belongs to; the other identity keys say how it was run
 STATE_FIELDS = ("identity", "epoch", "model", "optimizer", "scheduler", "rng", "history", "best_epoch", "best_f1",
                 "best_state", "bad_epochs", "finished", "status")
 
@@ -83,8 +87,13 @@ def load_state(path: Path, identity: Mapping[str, Any]) -> dict[str, Any] | None
     missing = [name for name in STATE_FIELDS if name not in state]
     if missing:
         raise _refuse(path, f"field {missing[0]!r} missing")
-    if state["identity"] != identity:
-        raise _refuse(path, f"it belongs to another run: {_first_difference(state['identity'], identity)}")
+    found = state["identity"]
+    if not isinstance(found, Mapping) or any(found.get(key) != identity.get(key) for key in RUN_KEYS):
+        raise _refuse(path, f"it belongs to another run: {_first_difference(found, identity)}")
+    if found != identity:
+        log.warning("%s: resume state was written under another configuration (%s); starting the run fresh",
+                    path, _first_difference(found, identity))
+        return None
     return state
 
 
