@@ -39,8 +39,9 @@ def metrics_block(macro_f1: float, ab_f1: float, n: int = 300) -> dict:
 
 def write_run(root: Path, arm: str, seed: int, macro_f1: float | None, ab_f1: float = 0.15,
               status: str = "completed", block_level: bool = False, n_epochs: int = 4,
-              nan_loss_epoch: int | None = None) -> Path:
-    """One run folder; ``nan_loss_epoch``: that epoch's train_loss in history.csv is written as nan."""
+              nan_loss_epoch: int | None = None, qp: np.ndarray | None = None) -> Path:
+    """One run folder; ``nan_loss_epoch``: that epoch's train_loss in history.csv is written as nan; ``qp``: the
+    300 test blocks' QP levels, written as predictions.npz ``test_qp`` (absent when None)."""
     folder = Path(root) / arm / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     block = None if macro_f1 is None else metrics_block(macro_f1, ab_f1)
@@ -58,8 +59,9 @@ def write_run(root: Path, arm: str, seed: int, macro_f1: float | None, ab_f1: fl
         labels = rng.integers(0, 3, size=300)
         logits[np.arange(300), labels] += 1.0
         probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        extra = {} if qp is None else {"test_qp": np.asarray(qp, dtype=np.int64)}
         np.savez(folder / "predictions.npz", val_probs=probs, val_labels=labels, test_probs=probs,
-                 test_labels=labels)
+                 test_labels=labels, **extra)
         lines = ["epoch,train_loss,val_loss,val_macro_f1,lr_adapter,lr_head,seconds"]
         lines += [f"{e},{'nan' if e == nan_loss_epoch else f'{1 / e:.4f}'},{1.1 / e:.4f},"
                   f"{macro_f1 * (0.8 + 0.05 * e):.6f},0.001,0.0001,1.0" for e in range(1, n_epochs + 1)]
@@ -68,9 +70,9 @@ def write_run(root: Path, arm: str, seed: int, macro_f1: float | None, ab_f1: fl
 
 
 def write_sweep(root: Path, values: dict[str, list[float]], seeds=SEEDS, ab: dict[str, float] | None = None,
-                skip=(), diverged=(), block_level=False, nan_loss=()) -> Path:
+                skip=(), diverged=(), block_level=False, nan_loss=(), qp: np.ndarray | None = None) -> Path:
     """values in percent per arm and seed; ``skip``/``diverged``/``nan_loss``: (arm, seed) pairs (``nan_loss``:
-    a completed run whose history.csv has a nan training loss at epoch 2)."""
+    a completed run whose history.csv has a nan training loss at epoch 2); ``qp``: every run's test_qp."""
     ab = ab or {}
     for arm, per_seed in values.items():
         for seed, v in zip(seeds, per_seed):
@@ -80,5 +82,5 @@ def write_sweep(root: Path, values: dict[str, list[float]], seeds=SEEDS, ab: dic
                 write_run(root, arm, seed, None, status="diverged", block_level=block_level)
             else:
                 write_run(root, arm, seed, v / 100.0, ab_f1=ab.get(arm, 0.15) + 0.001 * seed,
-                          block_level=block_level, nan_loss_epoch=2 if (arm, seed) in nan_loss else None)
+                          block_level=block_level, nan_loss_epoch=2 if (arm, seed) in nan_loss else None, qp=qp)
     return Path(root)

@@ -428,3 +428,14 @@ def test_an_arm_whose_every_seed_diverged_is_a_failure(tmp_path):
     values = {"baseline": ORACLE["baseline"], "gone": ORACLE["poly"]}
     text = _verdict_sweep(tmp_path, values, {}, diverged={("gone", s) for s in SEEDS})
     assert "**gone: failure** — unstable; diverged seed(s): 1, 2, 3, 4, 5; no usable seed paired" in text
+
+
+def test_runs_trained_on_cpu_though_a_gpu_was_requested_are_counted_in_the_notes(tmp_path):
+    runs = write_sweep(tmp_path / "runs", {"baseline": [58.0, 59.0], "poly": [59.0, 60.5]}, seeds=[1, 2])
+    metrics_path = runs / "poly" / "seed2" / "metrics.json"
+    data = json.loads(metrics_path.read_text())
+    data["provenance"]["gpu_requested_but_cpu_used"] = True
+    metrics_path.write_text(json.dumps(data))
+    agg.aggregate(cfg_for(["baseline", "poly"], [1, 2]), runs, tmp_path / "out", make_figures=False)
+    note = "1 run(s) trained on CPU although a GPU was requested (provenance.gpu_requested_but_cpu_used): poly/seed2."
+    assert note in (tmp_path / "out/tables/table1_overall.md").read_text()

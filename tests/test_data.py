@@ -273,6 +273,8 @@ def _expect(path, pattern: str) -> None:
 @pytest.mark.parametrize("changes, pattern", [
     ({"samples": None}, "train.pt: missing key 'samples'"),
     ({"labels_stage0": None}, "train.pt: missing key 'labels_stage0'"),
+    ({"qps": torch.full((19,), 80.0)}, "train.pt: key 'qps': expected 20 finite numbers (one per block)"),
+    ({"qps": torch.full((20,), float("nan"))}, "train.pt: key 'qps': expected 20 finite numbers"),
     ({"samples": torch.zeros(20, 16, 16)}, "train.pt: key 'samples': expected shape (N, 1, 16, 16)"),
     ({"samples": torch.zeros(20, 1, 16, 16, dtype=torch.float64)}, "train.pt: key 'samples': expected dtype float32"),
     ({"samples": torch.full((20, 1, 16, 16), 1.5)}, "train.pt: key 'samples': values outside [0, 1]"),
@@ -479,3 +481,12 @@ def test_describe_data_reads_only_the_npz_keys_it_uses(tmp_path):
     assert described["n_blocks"] == json.loads(out_plain)["n_blocks"]
     assert rss_padded < rss_plain + unused // 4, (rss_plain >> 20, rss_padded >> 20)  # MiB
     assert rss_padded < unused // 2, rss_padded >> 20
+
+
+def test_v7_qps_reach_the_split_as_the_block_qp(v7_dir):
+    """The users' v7 files carry qps (constant 80): the split carries it, so the QP table can say 'one level'."""
+    from lossablation.data.splits import block_qp
+
+    ds = load_dataset(v7_dir)
+    assert ds.qps is not None and ds.qps.dtype == np.int64 and len(ds.qps) == len(ds)
+    assert set(block_qp(ds).tolist()) == {80}

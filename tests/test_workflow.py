@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,7 +93,10 @@ def _wait_for(paths: list[Path], proc: subprocess.Popen, timeout: float = 300) -
 def test_second_sweep_on_one_results_folder_is_refused_and_a_killed_sweep_recovers(tiny_npz, tmp_path):
     results = tmp_path / "results"
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(tiny_sweep_config(tiny_npz, results, seeds=(1,))))
+    sweep_config = tiny_sweep_config(tiny_npz, results, seeds=(1,))
+    # Stage 1 must still run while the second sweep is refused and dry-run (each snakemake start takes ~10 s here)
+    sweep_config["stage1"].update(max_epochs=40, patience=40)
+    config.write_text(yaml.safe_dump(sweep_config))
     first, second = tmp_path / "first", tmp_path / "second"  # two working directories, one results folder
     first.mkdir(), second.mkdir()
     lock, split = results / ".lossablation.lock", results / "data" / "split.json"
@@ -125,3 +130,105 @@ def test_second_sweep_on_one_results_folder_is_refused_and_a_killed_sweep_recove
     notes = [line for line in rerun.stderr.splitlines() if "stale lock" in line]
     assert len(notes) == 1 and f"pid {proc.pid}," in notes[0], rerun.stderr[-3000:]
     assert (results / "verdicts.md").is_file() and not lock.exists()
+
+
+# ------------------------------------------------------------------------------------------- GPUs by default
+def planned_gpus(output: str) -> dict[str, list[int]]:
+    """{rule: [gpu=... of each planned job]} from `snakemake -n` output (0 for a job that requests none)."""
+    plan: dict[str, list[int]] = {}
+    blocks = re.split(r"^(?:local)?rule (\w+):$", output, flags=re.M)
+    for rule, block in zip(blocks[1::2], blocks[2::2]):
+        if rule != "all":
+            gpu = re.search(r"^\s+resources: .*\bgpu=(\d+)", block.split("\n\n", 1)[0], re.M)
+            plan.setdefault(rule, []).append(int(gpu.group(1)) if gpu else 0)
+    return plan
+
+
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/protocol.yaml"])
+def test_the_slurm_profile_plans_a_gpu_for_every_training_job(tmp_path, configfile):
+    """`device: auto` (both shipped configs) on this GPU-less host: one GPU per train job and Stage 1."""
+    assert yaml.safe_load((REPO / configfile).read_text())["device"] == "auto"
+    result = snakemake("--profile", "profiles/slurm", "--cores", "4", "-n", "--configfile", configfile,
+                       "--config", f"results={tmp_path / 'results'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    plan = planned_gpus(result.stdout)
+    n_runs = len(yaml.safe_load((REPO / configfile).read_text())["losses"]) * len(
+        yaml.safe_load((REPO / configfile).read_text()).get("seeds", [1, 2, 3]))
+    assert plan["train"] == [1] * n_runs and plan["stage1"] == [1], plan
+    assert set(plan["split"] + plan["aggregate"] + plan["figures"]) == {0}, plan
+    assert "cpus_per_task" not in result.stdout, "threads become --cpus-per-task; the resource would override them"
+
+
+def test_plain_snakemake_plans_a_gpu_unless_the_config_says_cpu(tmp_path):
+    auto = snakemake("-n", "--config", f"results={tmp_path / 'results'}")
+    cpu = snakemake("-n", "--config", f"results={tmp_path / 'results'}", "device=cpu")
+    assert auto.returncode == 0 and cpu.returncode == 0, auto.stderr[-2000:] + cpu.stderr[-2000:]
+    assert set(planned_gpus(auto.stdout)["train"]) == {1} and planned_gpus(auto.stdout)["stage1"] == [1]
+    assert set(planned_gpus(cpu.stdout)["train"]) == {0} and planned_gpus(cpu.stdout)["stage1"] == [0]
+
+
+def _no_gpu_env(monkeypatch):
+    for name in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_auto_without_an_allocated_gpu_trains_on_cpu_quietly(monkeypatch, caplog):
+    from lossablation.train.environment import gpu_requested_but_cpu_used, torch_device
+
+    _no_gpu_env(monkeypatch)
+    with caplog.at_level("WARNING"):
+        device = torch_device({"device": "auto"})
+    assert device.type == "cpu" and not caplog.records
+    assert not gpu_requested_but_cpu_used({"device": "auto"}, device)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a host where CUDA is unusable")
+@pytest.mark.parametrize("env", ["CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS"])
+def test_auto_with_an_unusable_allocated_gpu_warns_and_is_recorded(monkeypatch, caplog, env):
+    from lossablation.train.environment import gpu_requested_but_cpu_used, torch_device
+
+    _no_gpu_env(monkeypatch)
+    monkeypatch.setenv(env, "0")
+    with caplog.at_level("WARNING"):
+        device = torch_device({"device": "auto"})
+    assert device.type == "cpu"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "device: auto" in warnings[0].getMessage(), caplog.text
+    assert f"{env}=0" in warnings[0].getMessage()
+    assert gpu_requested_but_cpu_used({"device": "auto"}, device)
+    assert not gpu_requested_but_cpu_used({"device": "cpu"}, device), "device: cpu asked for no GPU"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a host without CUDA")
+def test_cuda_without_a_usable_gpu_fails_with_one_line_naming_device(monkeypatch):
+    from lossablation.errors import LossAblationError
+    from lossablation.train.environment import torch_device
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(LossAblationError, match=r"^device: 'cuda' requested but no CUDA device is available$"):
+        torch_device({"device": "cuda"})
+
+
+# ------------------------------------------------------------------------------------------- the conda env's install step
+def test_the_conda_post_deploy_script_installs_the_package_in_a_fresh_env(tmp_path):
+    """workflow/envs/lossablation.post-deploy.sh, as Snakemake runs it in a new conda env (no conda channels
+    here: a fresh venv stands in), installs the package from the repository, schema included."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        (clone / name).write_bytes((REPO / name).read_bytes())
+    shutil.copytree(REPO / "src", clone / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "env")], check=True, timeout=300)
+    env = {**os.environ, "PATH": os.pathsep.join([str(tmp_path / "env" / "bin"), os.environ["PATH"]])}
+    env.pop("PYTHONPATH", None)
+    script = REPO / "workflow" / "envs" / "lossablation.post-deploy.sh"
+    install = subprocess.run(["bash", str(script)], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    probe = ("import lossablation, sys; from importlib import resources;"
+             "assert lossablation.__file__.startswith(sys.prefix), lossablation.__file__;"
+             "print(resources.files('lossablation').joinpath('config.schema.yaml').read_text().splitlines()[0])")
+    shown = subprocess.run([str(tmp_path / "env" / "bin" / "python"), "-c", probe], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout.startswith("$schema:"), shown.stderr
+    wrong = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "is not the lossablation repository" in wrong.stderr

@@ -329,6 +329,23 @@ def _check_losses(cfg: Mapping) -> None:
             raise _Problem((), str(exc), ("losses", arm, field)) from None
 
 
+def _check_hypotheses(arms: Mapping) -> None:
+    """The optional ``hypothesis`` block of each arm: an ordered range and a known secondary check."""
+    from lossablation.analysis.hypotheses import SECONDARY_CHECKS
+
+    for arm, spec in arms.items():
+        hyp = spec.get("hypothesis")
+        if hyp is None:
+            continue
+        low, high = hyp["predicted_gain_pp"]
+        if low > high:
+            raise _Problem(("losses", arm, "hypothesis", "predicted_gain_pp"),
+                           f"[{low:g}, {high:g}]: the low end is above the high end")
+        if "secondary" in hyp and hyp["secondary"] not in SECONDARY_CHECKS:
+            raise _Problem(("losses", arm, "hypothesis", "secondary"), f"{_show(hyp['secondary'])} is not a "
+                           f"known check (valid: {', '.join(SECONDARY_CHECKS)})")
+
+
 def _check_classes(groups: Mapping[str, list]) -> None:
     from lossablation.classes import PARTITION_NAMES
 
@@ -347,6 +364,7 @@ def _check_classes(groups: Mapping[str, list]) -> None:
 def _check_semantics(cfg: dict) -> None:
     _check_results(cfg["results"])
     _check_losses(cfg)
+    _check_hypotheses(cfg["losses"])
     _check_classes(cfg["classes"])
     split = cfg["split"]
     if split["val_fraction"] + split["test_fraction"] >= MAX_FRACTIONS:
@@ -418,7 +436,12 @@ def load_config(config: str | os.PathLike | Mapping[str, Any], *, check_paths: b
 
 
 def training_device(cfg: Mapping[str, Any]) -> str:
-    """Resolve ``device: auto`` to ``cuda`` when a GPU is visible, else ``cpu`` (the one place this is decided)."""
+    """Resolve ``device: auto`` to ``cuda`` when a GPU is visible, else ``cpu`` (the one place this is decided).
+
+    Call it where the training runs (inside the job: ``lossablation.train.environment.torch_device``), never on
+    the host that plans a sweep: a cluster's login node has no GPU. The workflow requests a GPU for every
+    training job unless ``device: cpu`` (``lossablation.jobs.gpus_per_job``).
+    """
     device = cfg["device"]
     if device != "auto":
         return device

@@ -1,8 +1,14 @@
-"""Running one command as a Snakemake job (used by the thin scripts in workflow/scripts/).
+"""Running one command as a Snakemake job (used by the thin scripts in workflow/scripts/), and what each job
+reads from the sweep config.
 
 A job's stdout and stderr go to its ``log:`` file, a user error becomes one clear line in that log and exit
 status 2 (the CLI's), an unexpected failure one line plus its traceback and status 1, and a CUDA job on a
 multi-GPU workstation is pinned to a free GPU slot first. The scripts pass the command's arguments explicitly.
+
+Reruns: a job reads the config only through its rule's ``params:`` (:func:`stage1_protocol`,
+:func:`stage2_protocol`, the split's sections), and its script rebuilds a complete config from those alone
+(:func:`job_config`). So Snakemake's default ``params`` trigger reruns a job exactly when something it reads
+changed: a protocol key every run, one arm's loss that arm's runs, a seed or an arm only the new runs.
 """
 
 from __future__ import annotations
@@ -11,10 +17,58 @@ import contextlib
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from lossablation.commands import error_line, logging_to_stderr
 from lossablation.errors import LossAblationError
+
+
+# ---------------------------------------------------------------------------------------------- what a job reads
+# The keys of ``train`` that Stage 1 reads (evaluation batch, precision, compilation, determinism): a change of
+# the Stage-2 optimisation (``train.lr_head``...) must not retrain Stage 1.
+STAGE1_TRAIN_KEYS = ("eval_batch_size", "bf16", "compile", "cuda_graphs", "deterministic")
+# A job that trains no arm (split, Stage 1) still needs a valid config, and every config has an arm.
+NO_ARM = {"no_arm": {"kind": "cross_entropy"}}
+
+
+def gpus_per_job(cfg: Mapping[str, Any]) -> int:
+    """GPUs a training job (and Stage 1) requests: one, unless the config says ``device: cpu``.
+
+    ``device: auto`` requests one too: it is resolved inside the job, on the machine that trains
+    (:func:`lossablation.train.environment.torch_device`), not on the host that plans the sweep.
+    """
+    return 0 if cfg["device"] == "cpu" else 1
+
+
+def split_protocol(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What the split (and the dataset fingerprint) depends on."""
+    return {"dataset": cfg["dataset"], "split": cfg["split"], "classes": cfg["classes"]}
+
+
+def stage1_protocol(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything Stage 1's numbers depend on: rule stage1's ``params``."""
+    return {**split_protocol(cfg), "stage1": cfg["stage1"], "calibration_bins": cfg["calibration_bins"],
+            "device": cfg["device"], "train": {key: cfg["train"][key] for key in STAGE1_TRAIN_KEYS}}
+
+
+def stage2_protocol(cfg: Mapping[str, Any], arm: str) -> dict[str, Any]:
+    """Everything a Stage-2 run's numbers depend on (its arm's loss + the shared protocol): rule train's ``params``."""
+    from lossablation.train.provenance import run_protocol
+
+    return run_protocol(cfg, arm)
+
+
+def job_config(protocol: Mapping[str, Any], **keys: Any) -> dict:
+    """A complete config for one job from its rule's ``params`` (``protocol``) and ``keys`` (``losses``,
+    ``resources``...); the schema's defaults fill the rest when the command loads it."""
+    return {"losses": NO_ARM, "baseline": next(iter(NO_ARM)), **protocol, **keys}
+
+
+def stage2_config(protocol: Mapping[str, Any], *, arm: str, seed: int, threads: int) -> dict:
+    """The config of one Stage-2 run from rule train's ``params.protocol``: its arm is the only arm."""
+    sections = {key: value for key, value in protocol.items() if key != "loss"}
+    return job_config(sections, losses={arm: protocol["loss"]}, baseline=arm, seeds=[int(seed)],
+                      resources={"train_cpus": int(threads)})
 
 
 def _log_to(path: str | None):

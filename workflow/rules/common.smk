@@ -1,8 +1,8 @@
 # Paths and input functions shared by the rules (no training logic here: that lives in src/lossablation).
 import re
 
+from lossablation import jobs
 from lossablation.analysis.aggregate import output_files
-from lossablation.config import training_device
 
 R = config["results"]
 ARMS = list(config["losses"])
@@ -11,8 +11,13 @@ SEEDS = [int(s) for s in config["seeds"]]
 OUTPUTS = output_files(ARMS)
 TABLES = ["table1_overall", "table2_per_class", "table3_calibration"]
 FIGURES = [key for key in OUTPUTS if key.startswith("fig")]
-# `device: auto` resolves on the machine running snakemake; on a cluster set `device: cuda` explicitly.
-USES_GPU = training_device(config).startswith("cuda")
+# One GPU for each training job and Stage 1 unless the config says `device: cpu` (docs/cluster.md, "GPUs").
+# `device: auto` is NOT resolved here, on the host that plans the sweep (a cluster's login node has no GPU):
+# the job resolves it where it runs (lossablation.train.environment.torch_device).
+GPUS_PER_JOB = jobs.gpus_per_job(config)
+# What aggregation and figures may read: the whole config but job sizes (`resources`), as their rules' params,
+# so that an aggregation-only key (`baseline`, an arm's `hypothesis`) redoes them, and only them.
+ANALYSIS_CONFIG = {key: value for key, value in config.items() if key != "resources"}
 
 
 wildcard_constraints:
@@ -43,3 +48,9 @@ def reported(keys, category, shown_suffixes):
                 path = report(path, caption=f"../report/{key}.rst", category=category, subcategory=key)
             files.append(path)
     return files
+
+
+def train_protocol(wildcards):
+    """Everything a training run's numbers depend on (its arm's loss + the shared protocol): `params` of rule
+    train, so that a change of any of it, and only of it, reruns the run (Snakemake's default `params` trigger)."""
+    return jobs.stage2_protocol(config, wildcards.arm)

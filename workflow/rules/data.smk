@@ -13,8 +13,7 @@ rule split:
     benchmark:
         f"{R}/benchmarks/split.tsv"
     params:
-        split=config["split"],
-        classes=config["classes"],
+        protocol=jobs.split_protocol(config),  # all the split reads: a change of it redoes the split (and all after)
     conda:
         "../envs/lossablation.yaml"
     script:

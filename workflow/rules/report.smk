@@ -6,6 +6,8 @@ rule figures:
         histories=expand(f"{R}/runs/{{arm}}/seed{{seed}}/history.csv", arm=ARMS, seed=SEEDS),
     output:
         reported(FIGURES, "Figures", (".png",)),
+    params:
+        config=ANALYSIS_CONFIG,
     log:
         f"{R}/logs/figures.log",
     benchmark:

@@ -1,5 +1,9 @@
 # Stage 1: backbone + binary head (partitioned vs NONE), trained once per sweep when the config names no
 # checkpoint. Every Stage-2 run of the sweep shares its checkpoint.
+# params: everything Stage 1 reads (lossablation.jobs.stage1_protocol), so that Snakemake's default triggers
+# retrain it exactly when one of those changes; the script builds its config from them alone.
+# threads: the plugin turns them into `sbatch --cpus-per-task` (no cpus_per_task resource: it would override
+# a profile's cpus_per_gpu); gpu: one unless `device: cpu` (common.smk).
 if not config["stage1_checkpoint"]:
 
     rule stage1:
@@ -14,14 +18,12 @@ if not config["stage1_checkpoint"]:
         benchmark:
             f"{R}/benchmarks/stage1.tsv"
         params:
-            stage1=config["stage1"],
-            model=config["model"],
+            protocol=jobs.stage1_protocol(config),
         threads: config["resources"]["stage1_cpus"]
         resources:
-            gpu=1 if USES_GPU else 0,
+            gpu=GPUS_PER_JOB,
             runtime=lambda wildcards, attempt: config["resources"]["stage1_runtime_min"] * attempt,
             mem_mb=config["resources"]["stage1_mem_mb"],
-            cpus_per_task=config["resources"]["stage1_cpus"],
         conda:
             "../envs/lossablation.yaml"
         script:

@@ -8,7 +8,8 @@ only (the baseline's missing seeds leave every comparison); each row shows its `
 every non-baseline arm of the config (the planned family), whether or not it could be tested.
 
 All statistics are on the TEST split (val selected the checkpoint; reference §5), in percent. Verdicts:
-:mod:`lossablation.analysis.verdicts`.
+:mod:`lossablation.analysis.verdicts`; the results document summary.md: :mod:`lossablation.analysis.summary`;
+performance by QP (Table 5, Figure 7): :mod:`lossablation.analysis.qp`.
 
 Nothing is half-written: every input is read and checked, every output rendered in memory (tables, CSVs,
 verdicts, figures), and only then are the files written, each atomically.
@@ -23,8 +24,10 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from lossablation.analysis import figures, stats, tables
+from lossablation.analysis import figures, qp, stats, tables
+from lossablation.analysis.pooling import check_poolable
 from lossablation.analysis.runs import Run, read_runs, runs_table, test_values
+from lossablation.analysis.summary import summary_markdown
 from lossablation.analysis.verdicts import summary_value, verdicts_markdown
 from lossablation.classes import STAGE2_CLASSES
 from lossablation.io import atomic_write_bytes
@@ -32,16 +35,21 @@ from lossablation.io import atomic_write_bytes
 PERCENT_METRICS = ("macro_f1", "macro_precision", "macro_recall", "accuracy", "ece", "mce")
 #: metric -> higher is better, for the paired tests (ECE: lower is better)
 TESTED_METRICS = {"macro_f1": True, "accuracy": True, "f1_SPLIT": True, "f1_RECT": True, "f1_AB": True,
-                  "ece": False}
-TABLE_STEMS = ("table1_overall", "table2_per_class", "table3_calibration")
+                  "ece": False, "macro_precision": True, "macro_recall": True, "precision_AB": True,
+                  "recall_AB": True}
+#: the trade-off table (Table 4): tested metric -> label
+TRADEOFF_METRICS = {"macro_precision": "macro precision", "macro_recall": "macro recall",
+                    "precision_AB": "AB precision", "recall_AB": "AB recall"}
+TABLE_STEMS = ("table1_overall", "table2_per_class", "table3_calibration", "table4_tradeoffs", qp.TABLE_STEM)
 FIGURE_STEMS = ("fig1_per_seed_f1", "fig2_paired_diffs", "fig4_reliability", "fig5_confidence",
-                "fig6_learning_curves")
+                "fig6_learning_curves", qp.FIGURE_STEM)
 
 
 # ------------------------------------------------------------------------------------------------ outputs
 def output_files(arms: list[str]) -> dict[str, list[str]]:
     """Every file :func:`aggregate` writes, relative to OUT, grouped by report caption stem."""
-    out = {"runs": ["runs.csv"], "paired_tests": ["paired_tests.csv"], "verdicts": ["verdicts.md"]}
+    out = {"summary": ["summary.md"], "runs": ["runs.csv"], "paired_tests": ["paired_tests.csv"],
+           "verdicts": ["verdicts.md"]}
     for stem in TABLE_STEMS:
         out[stem] = [f"tables/{stem}.{s}" for s in tables.TABLE_SUFFIXES]
     for stem in FIGURE_STEMS[:2]:
@@ -64,7 +72,7 @@ def analyse(tidy: pd.DataFrame, runs: list[Run], arms: list[str], baseline: str,
     """(summary: metric/arm/n/mean/sd, tests: metric + stats.COLUMNS, per-metric value frames)."""
     usable = {(r.arm, r.seed) for r in runs if r.usable}
     values, summaries, tests = {}, [], []
-    metrics = list(PERCENT_METRICS) + [f"f1_{c}" for c in STAGE2_CLASSES]
+    metrics = list(PERCENT_METRICS) + [f"{k}_{c}" for k in ("f1", "precision", "recall") for c in STAGE2_CLASSES]
     for metric in metrics:
         values[metric] = test_values(tidy, usable, metric)
         summaries.append(stats.describe(values[metric], arms).assign(metric=metric))
@@ -123,6 +131,11 @@ def build_notes(runs: list[Run], tests: pd.DataFrame, arms: list[str], baseline:
         notes.append(f"Fewer than {need} paired seeds (min n_pairs = {n}): an exact Wilcoxon signed-rank test "
                      f"cannot pass Holm over {n_arms} arms (its smallest two-sided p is 2/2^n = "
                      f"{stats.min_exact_wilcoxon_p(n):.4g} > {stats.ALPHA}/{n_arms}); use >= 10 seeds.")
+    on_cpu = [f"{r.arm}/seed{r.seed}" for r in runs
+              if r.metrics and (r.metrics.get("provenance") or {}).get("gpu_requested_but_cpu_used")]
+    if on_cpu:
+        notes.append(f"{len(on_cpu)} run(s) trained on CPU although a GPU was requested "
+                     f"(provenance.gpu_requested_but_cpu_used): {', '.join(on_cpu)}.")
     if any(r.metrics and (r.metrics.get("provenance") or {}).get("block_level_split") for r in runs):
         notes.append("The dataset has no source/sequence identifiers: its numbers come from a block-level split "
                      "(blocks of one video can sit on both sides), which flatters every arm alike.")
@@ -173,29 +186,48 @@ def render_figures(arms, baseline, runs, summary, tests, values, n_bins) -> dict
     files.update(figures.reliability(preds, ece, arms, n_bins=n_bins))
     files.update(figures.confidence_hist(preds, arms))
     files.update(figures.learning_curves(_history_frame(usable), arms))
+    qp_values, qp_tests, reason = qp.qp_analysis(runs, arms, baseline)
+    files.update(qp.figure_qp(qp_values, qp_tests, arms, baseline, reason))
     return {f"figures/{name}": content for name, content in files.items()}
+
+
+def qp_paragraph(levels: list[int], reason: str | None) -> str:
+    """summary.md's paragraph on performance by QP."""
+    if reason:
+        return reason
+    return (f"Table 5 and Figure 7 give test macro F1 and AB F1 on the blocks of each QP level "
+            f"({', '.join(map(str, levels))}) per arm, with the paired Δ vs the baseline.")
 
 
 # ----------------------------------------------------------------------------------------------- driver
 def aggregate(cfg: Mapping[str, Any], runs_dir: str | Path, out_dir: str | Path, *,
               make_figures: bool = True, min_effect: float = 1.0) -> dict[str, Any]:
-    """Write runs.csv, paired_tests.csv, tables, figures and verdicts.md under ``out_dir``; return the frames.
+    """Write summary.md, runs.csv, paired_tests.csv, tables, figures and verdicts.md under ``out_dir``; return
+    the frames.
 
     A damaged run file or a runs folder without any run of the config raises :class:`LossAblationError` before
     anything is written.
     """
     arms, baseline = list(cfg["losses"]), cfg["baseline"]
     runs = read_runs(cfg, runs_dir, keep_predictions=make_figures)
+    check_poolable(runs, cfg)
     tidy = runs_table(runs)
     summary, tests, values = analyse(tidy, runs, arms, baseline, min_effect=min_effect)
     notes = build_notes(runs, tests, arms, baseline)
     n_seeds = len(cfg["seeds"])
     n_runs = {a: f"{sum(r.usable for r in runs if r.arm == a)}/{n_seeds}" for a in arms}
     n_bins = int(cfg["calibration_bins"])
+    qp_values, qp_tests, qp_reason = qp.qp_analysis(runs, arms, baseline, min_effect=min_effect)
     built = [tables.table_overall(summary, tests, arms, baseline, n_runs, notes),
              tables.table_per_class(summary, tests, arms, baseline, n_runs, notes),
-             tables.table_calibration(summary, tests, arms, baseline, n_runs, notes, n_bins=n_bins)]
+             tables.table_calibration(summary, tests, arms, baseline, n_runs, notes, n_bins=n_bins),
+             tables.table_deltas("table4_tradeoffs", "Table 4. Precision/recall trade-offs",
+                                 "Paired differences of macro precision, macro recall, and AB precision and recall",
+                                 TRADEOFF_METRICS, tests, arms, baseline, n_runs, notes),
+             qp.table_qp(qp_values, qp_tests, arms, baseline, notes, qp_reason)]
+    levels = sorted(int(q) for q in qp_values["qp"].unique())
     files: dict[str, str | bytes] = {
+        "summary.md": summary_markdown(cfg, runs, summary, tests, notes, qp_paragraph(levels, qp_reason)),
         "runs.csv": tidy.to_csv(index=False, float_format="%.10g"),
         "paired_tests.csv": tests.to_csv(index=False, float_format="%.10g"),
         "verdicts.md": verdicts_markdown(arms, baseline, runs, summary, tests, notes)}

@@ -50,6 +50,8 @@ class Run:
     history: pd.DataFrame | None = None                          # history.csv, numeric columns
     predictions: tuple[np.ndarray, np.ndarray] | None = None     # (test_probs, test_labels)
     nonfinite: list[str] = field(default_factory=list)           # where a non-finite loss was seen
+    test_qp: np.ndarray | None = None    # predictions.npz ``test_qp`` (each test block's QP level, -1 unknown)
+    qp_scores: pd.DataFrame | None = None   # qp, n, macro_f1, f1_AB (percent) per known QP level (qp_scores())
 
     @property
     def usable(self) -> bool:
@@ -190,6 +192,36 @@ def read_predictions(path: Path, n_test: int | None) -> tuple[np.ndarray, np.nda
     return probs, labels
 
 
+def read_test_qp(path: Path, n_test: int) -> np.ndarray | None:
+    """predictions.npz ``test_qp`` (int, one per test prediction), None when absent (runs of older versions)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "test_qp" not in data.files:
+                return None
+            qp = np.asarray(data["test_qp"])
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        raise LossAblationError(f"{path}: unreadable or truncated ({_one_line(exc)})") from None
+    if qp.shape != (n_test,) or (qp.size and not np.issubdtype(qp.dtype, np.integer)):
+        raise LossAblationError(f"{path}: test_qp {qp.shape} {qp.dtype}: expected ({n_test},) integers")
+    return qp.astype(np.int64)
+
+
+def qp_scores(predictions: tuple[np.ndarray, np.ndarray], qp: np.ndarray | None) -> pd.DataFrame | None:
+    """Test macro F1 and AB F1 (percent) on the blocks of each known QP level (qp >= 0); the trainer's metrics."""
+    from lossablation.train.metrics import classification_metrics
+
+    probs, labels = predictions
+    if qp is None or not np.isfinite(probs).all():
+        return None
+    rows = []
+    for level in np.unique(qp[qp >= 0]):
+        at = qp == level
+        block = classification_metrics(labels[at], probs[at])
+        rows.append({"qp": int(level), "n": int(at.sum()), "macro_f1": 100.0 * block["macro_f1"],
+                     "f1_AB": 100.0 * block["per_class"]["AB"]["f1"]})
+    return pd.DataFrame(rows, columns=["qp", "n", "macro_f1", "f1_AB"])
+
+
 # ------------------------------------------------------------------------------------------ one run, all runs
 def nonfinite_losses(metrics: Mapping[str, Any] | None, history: pd.DataFrame | None,
                      predictions: tuple[np.ndarray, np.ndarray] | None) -> list[str]:
@@ -216,14 +248,16 @@ def read_run(runs_dir: str | Path, arm: str, seed: int, *, keep_predictions: boo
     if not path.is_file():
         return Run(arm, seed, "missing", folder)
     metrics = read_metrics(path, arm, seed)
-    history = predictions = None
+    history = predictions = test_qp = None
     if (folder / "history.csv").is_file():
         history = read_history(folder / "history.csv", metrics.get("epochs_run"))
     if (folder / "predictions.npz").is_file():
         test = metrics.get("test")
         predictions = read_predictions(folder / "predictions.npz", int(test["n"]) if test else None)
+        test_qp = read_test_qp(folder / "predictions.npz", predictions[1].size)
     run = Run(arm, seed, metrics["status"], folder, metrics, history, predictions,
-              nonfinite_losses(metrics, history, predictions))
+              nonfinite_losses(metrics, history, predictions), test_qp,
+              None if predictions is None else qp_scores(predictions, test_qp))
     if not keep_predictions:
         run.predictions = None
     return run

@@ -227,6 +227,33 @@ def table_calibration(summary, tests, arms, baseline, n_runs, notes, n_bins: int
                  list(notes))
 
 
+def table_deltas(stem: str, title: str, what: str, metrics: dict[str, str], tests, arms, baseline, n_runs,
+                 notes) -> Table:
+    """A table of paired differences only: per metric (name -> label) Δ [95 % CI] and p_Holm, one row per arm."""
+    cols = ["Arm", "Runs"]
+    for label in metrics.values():
+        cols += [f"Δ {label} (pp) [95 % CI]", f"p_Holm {label}"]
+    cols.append("n_pairs")
+    cells, numbers = [], []
+    for arm, label in zip(arms, _arms_label(arms, baseline)):
+        row, rec, n_pairs = [label, n_runs[arm]], {"arm": arm, "runs": n_runs[arm]}, None
+        for m in metrics:
+            t = _test_row(tests, m, arm)
+            row += [fmt_delta_ci(t), fmt_p(None if t is None else t["p_holm"])]
+            for k in ("mean_diff", "ci_low", "ci_high", "p", "p_holm", "d_z", "holm_family"):
+                rec[f"{m}_{k}"] = np.nan if t is None else t[k]
+            n_pairs = n_pairs if t is None else int(t["n_pairs"])
+        row.append(DASH if n_pairs is None else str(n_pairs))
+        rec["n_pairs"] = np.nan if n_pairs is None else n_pairs
+        cells.append(row)
+        numbers.append(rec)
+    family = _family(tests, next(iter(metrics)))
+    return Table(stem, title, _test_caption(baseline, family, what).replace(
+        ", mean ± sd over seeds.", ".").replace(" Best value of each column in bold.", " Holm is applied "
+                                                "separately for each metric."),
+        pd.DataFrame(cells, columns=cols), pd.DataFrame(numbers), {}, list(notes))
+
+
 def _label_best(best: dict[str, list[str]], arms: list[str], baseline: str) -> dict[str, list[str]]:
     """Translate arm names to the displayed labels (the baseline row carries a suffix)."""
     labels = dict(zip(arms, _arms_label(arms, baseline)))

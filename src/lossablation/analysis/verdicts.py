@@ -60,6 +60,14 @@ def sd_ratio_fact(arm: str, baseline: str, summary: pd.DataFrame) -> list[str]:
 def verdict(arm: str, baseline: str, runs: list[Run], summary: pd.DataFrame,
             tests: pd.DataFrame) -> tuple[str, list[str]]:
     """(verdict, reasons with the numbers) for one arm; rules in the module docstring."""
+    result, parts = judge(arm, baseline, runs, summary, tests)
+    return result, parts["facts"] + parts["information"] + parts["reasons"] + parts["significance"]
+
+
+def judge(arm: str, baseline: str, runs: list[Run], summary: pd.DataFrame,
+          tests: pd.DataFrame) -> tuple[str, dict[str, list[str]]]:
+    """(verdict, {"facts", "information", "reasons", "significance"}: lists of phrases); :func:`verdict` joins
+    them in that order."""
     def test(metric):
         hit = tests[(tests["metric"] == metric) & (tests["arm"] == arm)]
         return hit.iloc[0]
@@ -71,9 +79,12 @@ def verdict(arm: str, baseline: str, runs: list[Run], summary: pd.DataFrame,
     reasons = list(unstable)
     if int(f1["n_pairs"]) == 0 or not np.isfinite(delta):
         unpaired = "no usable seed paired with the baseline"
-        return ("failure", ["unstable", *reasons, unpaired]) if unstable else ("not assessable", [unpaired])
+        return (("failure", {"facts": [], "information": [], "reasons": ["unstable", *reasons, unpaired],
+                              "significance": []})
+                if unstable else ("not assessable", {"facts": [], "information": [], "reasons": [unpaired], "significance": []}))
     facts = [f"Δ macro F1 = {delta:+.2f} pp (n_pairs = {int(f1['n_pairs'])})",
-             f"AB F1 = {ab_mean:.2f} % (Δ AB F1 = {ab_delta:+.2f} pp)", *sd_ratio_fact(arm, baseline, summary)]
+             f"AB F1 = {ab_mean:.2f} % (Δ AB F1 = {ab_delta:+.2f} pp)"]
+    sd_fact = sd_ratio_fact(arm, baseline, summary)
     ab_up = np.isfinite(ab_delta) and ab_delta > 0
     if unstable:
         result = "failure"
@@ -95,7 +106,8 @@ def verdict(arm: str, baseline: str, runs: list[Run], summary: pd.DataFrame,
         result = "inconclusive"
         reasons.append(f"+{FAILURE_DELTA} <= Δ <= +{PARTIAL_DELTA} pp, AB F1 up, stable: between the plan's "
                        "failure and partial-success criteria")
-    return result, facts + reasons + [significance_sentence(f1)]
+    return result, {"facts": facts, "information": sd_fact, "reasons": reasons,
+                    "significance": [significance_sentence(f1)]}
 
 
 def power_text(row) -> str:

@@ -62,6 +62,7 @@ class BlockSet:
     variant: np.ndarray | None = None
     variant_names: tuple[str, ...] | None = None
     origin: np.ndarray | None = None        # v7 only: int8 (N,) 0 train.pt, 1 val.pt, 2 test.pt
+    qps: np.ndarray | None = None           # v7 only: int64 (N,) the files' `qps` (constant 80 in the users' data)
     provenance: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -176,6 +177,23 @@ def _tensor_to_numpy(obj: Any, where: str, key: str) -> np.ndarray:
 
 def read_v7_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``samples`` float32 (N,1,16,16) in [0,1] and ``labels_stage0`` int64 from one v7 ``.pt`` file."""
+    samples, labels, _ = read_v7_file_with_qps(path)
+    return samples, labels
+
+
+def _v7_qps(obj: dict, where: str, n: int) -> np.ndarray | None:
+    """The optional per-block ``qps`` as int64 (N,): one finite value per block (any shape holding N values)."""
+    if "qps" not in obj:
+        return None
+    qps = _tensor_to_numpy(obj["qps"], where, "qps")
+    if qps.size != n or not np.issubdtype(qps.dtype, np.number) or not np.isfinite(qps).all():
+        raise _fail(where, f"key 'qps': expected {n} finite numbers (one per block), got {qps.dtype} of shape "
+                           f"{tuple(qps.shape)}")
+    return np.rint(qps.reshape(-1)).astype(np.int64)
+
+
+def read_v7_file_with_qps(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """As :func:`read_v7_file`, plus the per-block ``qps`` when the file has it."""
     where = str(path)
     if not path.is_file():
         raise _fail(where, "file not found")
@@ -188,7 +206,7 @@ def read_v7_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     _check_float_samples(samples, where, "samples")
     labels = _check_partition(_tensor_to_numpy(obj["labels_stage0"], where, "labels_stage0"), where,
                               "labels_stage0", samples.shape[0])
-    return samples, labels
+    return samples, labels, _v7_qps(obj, where, samples.shape[0])
 
 
 def load_v7(folder: str | os.PathLike) -> BlockSet:
@@ -198,14 +216,16 @@ def load_v7(folder: str | os.PathLike) -> BlockSet:
         path = folder / name
         if name == "test.pt" and not path.exists():
             continue
-        samples, labels = read_v7_file(path)
-        parts.append((samples, labels, np.full(labels.shape[0], origin, dtype=np.int8)))
+        samples, labels, qps = read_v7_file_with_qps(path)
+        parts.append((samples, labels, np.full(labels.shape[0], origin, dtype=np.int8), qps))
         files[name] = sha256_file(path)
     blocks = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    every_file_has_qps = all(p[3] is not None for p in parts)
     return BlockSet(
         blocks=blocks, bit_depth=None,
         partition=np.concatenate([p[1] for p in parts]),
         origin=np.concatenate([p[2] for p in parts]),
+        qps=np.concatenate([p[3] for p in parts]) if every_file_has_qps else None,
         provenance={"format": "v7", "path": str(folder), "files": files,
                     "fingerprint": sha256_json(files)},
     )

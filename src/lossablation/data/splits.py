@@ -39,6 +39,7 @@ class Split:
     x: torch.Tensor             # float32 (n,1,16,16) in [0, 1]
     partition: torch.Tensor     # int64 (n,)
     index: np.ndarray           # int64 (n,) indices into the BlockSet (for audits)
+    qp: np.ndarray | None = None  # int64 (n,) quantizer level of each block (npz cq, else qindex); None: unknown
 
     def __len__(self) -> int:
         return int(self.partition.shape[0])
@@ -161,6 +162,13 @@ def compute_split(cfg: Mapping[str, Any], dataset: BlockSet | None = None
     return ds, index, info
 
 
+def block_qp(ds: BlockSet) -> np.ndarray | None:
+    """The quantizer level of every block: npz ``cq`` when present, else ``qindex``, else a v7 folder's ``qps``
+    (constant 80 in the users' files, so the QP table says it has a single level); None when none is known."""
+    level = next((a for a in (ds.cq, ds.qindex, ds.qps) if a is not None), None)
+    return None if level is None else np.asarray(level, dtype=np.int64)
+
+
 def make_splits(cfg: Mapping[str, Any], dataset: BlockSet | None = None) -> Splits:
     """train / val / test tensors from ``cfg["dataset"]``; deterministic in ``cfg["split"]["seed"]``.
 
@@ -168,8 +176,9 @@ def make_splits(cfg: Mapping[str, Any], dataset: BlockSet | None = None) -> Spli
     npz without sources), which ``info["block_level"]`` records. Every Stage-2 class must occur on every side.
     """
     ds, index, info = compute_split(cfg, dataset)
+    qp = block_qp(ds)
     parts = {side: Split(x=ds.samples(index[side]), partition=torch.from_numpy(ds.partition[index[side]].copy()),
-                         index=index[side]) for side in SIDES}
+                         index=index[side], qp=None if qp is None else qp[index[side]]) for side in SIDES}
     return Splits(train=parts["train"], val=parts["val"], test=parts["test"], info=info)
 
 

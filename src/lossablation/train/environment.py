@@ -3,10 +3,16 @@
 ``rng_state`` / ``set_rng_state`` capture and restore every random stream a run draws from (torch, numpy,
 python, the data-order generator, CUDA when present) as tensors and plain Python values, so the run state
 (``lossablation.train.state``) loads with ``torch.load(weights_only=True)``.
+
+Device (docs/cluster.md, "GPUs"): ``device: auto`` is resolved here, inside the job, on the machine that trains.
+When a GPU was given to the job (SLURM's ``--gpus``/``--gres`` or the local slot allocator set
+``CUDA_VISIBLE_DEVICES``) but CUDA cannot use it, ``auto`` trains on CPU with a WARNING line in the job's log and
+``gpu_requested_but_cpu_used`` in the run's provenance; ``device: cuda`` fails with one line instead.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import random
@@ -19,14 +25,39 @@ import torch
 from lossablation.config import training_device
 from lossablation.errors import LossAblationError
 
+log = logging.getLogger(__name__)
+# Set by SLURM for a job allocated GPUs (--gpus / --gres=gpu), or by lossablation.gpuslots for a local slot.
+GPU_ALLOCATION_ENV = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
+NO_GPU_VALUES = ("", "-1", "NoDevFiles")   # how CUDA_VISIBLE_DEVICES (and SLURM) say "no device"
+
+
+def gpu_allocation() -> str | None:
+    """``NAME=value`` of the first variable saying a GPU was given to this process, or None."""
+    for name in GPU_ALLOCATION_ENV:
+        value = os.environ.get(name, "").strip()
+        if value not in NO_GPU_VALUES:
+            return f"{name}={value}"
+    return None
+
+
+def gpu_requested_but_cpu_used(cfg: Mapping[str, Any], device: torch.device) -> bool:
+    """``device: auto`` trained on CPU although a GPU was given to the job (recorded in the provenance)."""
+    return cfg["device"] == "auto" and device.type == "cpu" and gpu_allocation() is not None
+
 
 def torch_device(cfg: Mapping[str, Any]) -> torch.device:
-    """The training device of ``cfg`` (``device: auto`` resolved by ``config.training_device``); a CUDA device
-    on a machine without one is a config error."""
+    """The training device of ``cfg`` (``device: auto`` resolved by ``config.training_device``, here, on the
+    machine that trains); a CUDA device on a machine without one is a config error. ``auto`` on a job given a
+    GPU that CUDA cannot use trains on CPU, saying so in a WARNING line."""
     name = training_device(cfg)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise LossAblationError(f"device: {name!r} requested but no CUDA device is available")
-    return torch.device(name)
+    device = torch.device(name)
+    if gpu_requested_but_cpu_used(cfg, device):
+        log.warning("device: auto: a GPU was allocated to this job (%s) but CUDA cannot use it; training on CPU "
+                    "(recorded as gpu_requested_but_cpu_used; `device: cuda` makes this an error, `device: cpu` "
+                    "requests no GPU)", gpu_allocation())
+    return device
 
 
 def set_determinism(enabled: bool) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -33,7 +33,7 @@ from lossablation.train.environment import (seed_everything, set_cpu_threads, se
 from lossablation.train.evaluation import Predictor, evaluate_splits, validation_score
 from lossablation.train.loop import LoopResult, LoopSpec, plateau_scheduler, progress_bar, run_epochs, write_history
 from lossablation.train.losses import ClassWeightedLoss, build_arm_loss, resolve_rebalance
-from lossablation.train.provenance import run_provenance
+from lossablation.train.provenance import run_protocol, run_provenance
 from lossablation.train.steps import StepRunner, batch_slices, learning_rate, make_adamw
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_macro_f1", "lr_adapter", "lr_head", "seconds")
@@ -63,6 +63,7 @@ class Stage2Run:
     loss_fn: ClassWeightedLoss
     data: dict[str, Stage2Data]          # train / val / test
     train_counts: torch.Tensor           # (3,) int64, CPU
+    qp: dict[str, np.ndarray] = field(default_factory=dict)   # val / test: each block's QP level, -1 unknown
 
     @property
     def name(self) -> str:
@@ -104,6 +105,13 @@ def stage2_tensors(splits: Any, groups: Mapping[str, Any]) -> dict[str, tuple[to
     return out
 
 
+def stage2_qp(split: Any, groups: Mapping[str, Any]) -> np.ndarray:
+    """The QP level of each Stage-2 block of one side (same order as :func:`stage2_tensors`), -1 when unknown."""
+    keep = (stage2_targets(split.partition, groups) >= 0).cpu().numpy()
+    qp = getattr(split, "qp", None)
+    return np.full(int(keep.sum()), -1, dtype=np.int64) if qp is None else np.asarray(qp, dtype=np.int64)[keep]
+
+
 def build_stage2(cfg: Mapping[str, Any], *, arm: str, seed: int, stage1_path: str | os.PathLike,
                  out_dir: str | os.PathLike, splits: Any) -> Stage2Run:
     """Device and threads, the split's Stage-2 blocks, the arm's loss, the model on the Stage-1 backbone, h3."""
@@ -126,7 +134,8 @@ def build_stage2(cfg: Mapping[str, Any], *, arm: str, seed: int, stage1_path: st
             for side, (x, y) in tensors.items()}
     return Stage2Run(cfg=cfg, arm=arm, seed=seed, out=out, device=device, stage1_sha256=sha256_file(stage1_path),
                      split_info=splits.info, model=model, fast=FastStage2(model).to(device),
-                     loss_fn=loss_fn.to(device), data=data, train_counts=train_counts)
+                     loss_fn=loss_fn.to(device), data=data, train_counts=train_counts,
+                     qp={side: stage2_qp(getattr(splits, side), cfg["classes"]) for side in ("val", "test")})
 
 
 def fit_stage2(run: Stage2Run) -> LoopResult:
@@ -168,17 +177,6 @@ def fit_stage2(run: Stage2Run) -> LoopResult:
     return run_epochs(spec)
 
 
-def run_protocol(cfg: Mapping[str, Any], arm: str) -> dict[str, Any]:
-    """The part of the config a Stage-2 run's numbers depend on: its arm's loss and the shared protocol.
-
-    Not the other arms, the seed list or ``resources``: adding a seed or an arm, or giving a job more runtime
-    after a cluster time-out, must not invalidate the resume state of a run they do not change.
-    """
-    return {"loss": cfg["losses"][arm], "train": cfg["train"], "model": cfg["model"], "split": cfg["split"],
-            "classes": cfg["classes"], "dataset": cfg["dataset"], "calibration_bins": cfg["calibration_bins"],
-            "device": cfg["device"]}
-
-
 def _order_sampler(y_train: torch.Tensor, train_counts: torch.Tensor, rebalance: str,
                    order_gen: torch.Generator) -> Callable[[], torch.Tensor]:
     """Each epoch's order of the training samples: a permutation, or (when ``train.rebalance`` asks for the
@@ -195,12 +193,16 @@ def evaluate_stage2(run: Stage2Run, result: LoopResult) -> tuple[dict[str, dict 
     """Val and test METRICS of the selected weights, and the predictions behind them. A run that diverged
     before any finite epoch has no metrics and empty predictions (so every declared output still exists)."""
     if result.best_state is None:
-        empty = {"probs": np.zeros((0, len(STAGE2_CLASSES)), dtype=np.float32), "labels": np.zeros((0,), np.int64)}
+        empty = {"probs": np.zeros((0, len(STAGE2_CLASSES)), dtype=np.float32), "labels": np.zeros((0,), np.int64),
+                 "qp": np.zeros((0,), np.int64)}
         return ({"val": None, "test": None},
                 {f"{side}_{kind}": array for side in ("val", "test") for kind, array in empty.items()})
     run.model.load_state_dict(result.best_state, strict=False)
     sides = {side: (run.data[side].h3, run.data[side].y) for side in ("val", "test")}
-    return evaluate_splits(run.predictor, sides, class_names=STAGE2_CLASSES, bins=run.cfg["calibration_bins"])
+    metrics, arrays = evaluate_splits(run.predictor, sides, class_names=STAGE2_CLASSES,
+                                      bins=run.cfg["calibration_bins"])
+    arrays.update({f"{side}_qp": qp for side, qp in run.qp.items()})   # per-block QP for the QP table
+    return metrics, arrays
 
 
 def write_stage2(run: Stage2Run, result: LoopResult, *, evaluation: Mapping[str, dict | None],
@@ -221,7 +223,8 @@ def write_stage2(run: Stage2Run, result: LoopResult, *, evaluation: Mapping[str,
         "hyperparameters": hyperparameters_stage2(cfg, run.seed, run.device),
         "loss": {"kind": arm_cfg["kind"], "params": dict(run.loss_fn.params), "weighting": arm_cfg["weighting"]},
         "provenance": run_provenance(cfg=cfg, device=run.device, split_info=run.split_info,
-                                     resumed_from=result.resumed_from, stage1_sha256=run.stage1_sha256),
+                                     resumed_from=result.resumed_from, stage1_sha256=run.stage1_sha256,
+                                     arm=run.arm),
     }
     atomic_write_json(run.out / "metrics.json", metrics)
     (run.out / "state.pt").unlink(missing_ok=True)
