@@ -63,8 +63,9 @@ def largest_gain(tests: pd.DataFrame, metric: str, arms: list[str], what: str) -
     if not gains:
         return "Not answerable: no arm has a usable seed paired with the baseline."
     best = max(gains, key=gains.get)
-    lead = "largest gain" if gains[best] > 0 else "smallest loss (no arm gained)"
-    return (f"The {lead} in {what} is **{best}**'s: Δ = {stat_text(test_row(tests, metric, best))}."
+    lead = (f"The largest gain in {what} is **{best}**'s" if gains[best] > 0
+            else f"No arm gained in {what}; the smallest loss is **{best}**'s")
+    return (f"{lead}: Δ = {stat_text(test_row(tests, metric, best))}."
             + significance_summary(tests, metric, arms, what))
 
 
