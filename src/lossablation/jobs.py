@@ -6,7 +6,7 @@ status 2 (the CLI's), an unexpected failure one line plus its traceback and stat
 multi-GPU workstation is pinned to a free GPU slot first. The scripts pass the command's arguments explicitly.
 
 Reruns: a job reads the config only through its rule's ``params:`` (:func:`stage1_protocol`,
-:func:`stage2_protocol`, the split's sections), and its script rebuilds a complete config from those alone
+:func:`lossablation.train.provenance.run_protocol`, the split's sections), and its script rebuilds a complete config from those alone
 (:func:`job_config`). So Snakemake's default ``params`` trigger reruns a job exactly when something it reads
 changed: a protocol key every run, one arm's loss that arm's runs, a seed or an arm only the new runs.
 """
@@ -49,13 +49,6 @@ def stage1_protocol(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Everything Stage 1's numbers depend on: rule stage1's ``params``."""
     return {**split_protocol(cfg), "stage1": cfg["stage1"], "calibration_bins": cfg["calibration_bins"],
             "device": cfg["device"], "train": {key: cfg["train"][key] for key in STAGE1_TRAIN_KEYS}}
-
-
-def stage2_protocol(cfg: Mapping[str, Any], arm: str) -> dict[str, Any]:
-    """Everything a Stage-2 run's numbers depend on (its arm's loss + the shared protocol): rule train's ``params``."""
-    from lossablation.train.provenance import run_protocol
-
-    return run_protocol(cfg, arm)
 
 
 def job_config(protocol: Mapping[str, Any], **keys: Any) -> dict:

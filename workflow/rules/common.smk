@@ -3,6 +3,7 @@ import re
 
 from lossablation import jobs
 from lossablation.analysis.aggregate import output_files
+from lossablation.train.provenance import run_protocol
 
 R = config["results"]
 ARMS = list(config["losses"])
@@ -53,4 +54,4 @@ def reported(keys, category, shown_suffixes):
 def train_protocol(wildcards):
     """Everything a training run's numbers depend on (its arm's loss + the shared protocol): `params` of rule
     train, so that a change of any of it, and only of it, reruns the run (Snakemake's default `params` trigger)."""
-    return jobs.stage2_protocol(config, wildcards.arm)
+    return run_protocol(config, wildcards.arm)

@@ -1,6 +1,6 @@
 # Stage 2: one job per (arm, seed). The backbone is frozen; adapters and head train under the fixed protocol
 # in config["train"]; only the loss differs between arms. A killed job resumes from its last epoch (state.pt).
-# params: the run's protocol (its arm's loss + the shared sections, lossablation.jobs.stage2_protocol), so that
+# params: the run's protocol (its arm's loss + the shared sections, lossablation.train.provenance.run_protocol), so that
 # with Snakemake's default triggers a protocol change retrains every run, one arm's loss change that arm's runs,
 # and a new seed or arm only the new runs; the script builds the run's config from params alone.
 # threads: `sbatch --cpus-per-task` and torch's threads; gpu: one unless `device: cpu` (common.smk).
