@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"({s1['n_train']} blocks; wall {s1['wall_s']:.0f} s)", flush=True)
 
     print("\nprojected 5 arms x 10 seeds sweep (Stage 2; Stage 1 once more):")
-    print(f"| variant | runs at once | samples/s (all runs) | s/epoch | overhead s | 18 epochs | 50 epochs |")
+    print("| variant | runs at once | samples/s (all runs) | s/epoch | overhead s | 18 epochs | 50 epochs |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     summary = []
     for name, k, res in rows:

@@ -3,12 +3,15 @@
 Reference loop: DataLoader over a TensorDataset of images (shuffle), the plain module forward through the
 whole frozen backbone, a per-batch ``loss.item()`` and ``.cpu()`` of the predictions (as research code does).
 Ours: ``lossablation.train.steps.StepRunner`` on the resident h3 features with the exact fast path
-(``lossablation.model.fastpath``): the frozen prefix is computed once (its cost is reported separately).
+(``lossablation.model.fastpath``): the frozen prefix is computed once (its cost is reported separately). And a pack
+(``lossablation.train.pack.PackSteps``): ``--members K`` runs trained together as one batched model, each on its
+own batches; its samples/s count every member's samples.
 
 Data: resources/demo/av1_demo.npz (the Stage-2 blocks of its training split) when present, else synthetic
-v7-shaped data (20,000 blocks). Prints samples/s of both loops, peak memory and a last line ``speedup: X.XX``.
+v7-shaped data (20,000 blocks). Prints samples/s of the loops, peak memory and a last line ``speedup: X.XX``: the
+pack of ``--members`` runs (the workflow's ``train.runs_per_job``) against the reference loop.
 
-    PYTHONPATH=src python benchmarks/train_throughput.py [--steps 150] [--batch-size 128] [--device cpu]
+    PYTHONPATH=src python benchmarks/train_throughput.py [--steps 150] [--batch-size 128] [--device cpu] [--members 5]
 """
 
 from __future__ import annotations
@@ -134,6 +137,51 @@ def our_loop(x, y, device, batch_size, steps, counts, eval_batch_size=8192, cuda
     return steps * batch_size / (time.perf_counter() - t0), prefix_s
 
 
+def packed_loop(x, y, device, batch_size, steps, counts, members, bf16=False, eval_batch_size=8192) -> float:
+    """A pack of ``members`` runs (PackSteps: one batched forward/backward, each member's own AdamW step);
+    samples/s over all members' samples."""
+    from lossablation.model.networks import Stage2Model
+    from lossablation.model.packed import PackedStage2
+    from lossablation.train.pack import PackSteps
+
+    first, loss_fn, _ = make_run(device, counts, ours=True)
+    models = [first]
+    for k in range(1, members):
+        torch.manual_seed(k)
+        model = Stage2Model()
+        model.backbone = first.backbone          # one frozen backbone, as in a training job
+        model.freeze_backbone()
+        models.append(model.to(device))
+    h3 = compute_h3(first, x.to(device), eval_batch_size)
+    yd = y.to(device)
+    optimizers = [make_adamw([{"params": list(m.adapters.parameters()), "lr": 1e-3},
+                              {"params": list(m.head.parameters()), "lr": 1e-4}], 0.01, device) for m in models]
+    gens = [torch.Generator(device).manual_seed(k) for k in range(members)]
+    runner = PackSteps(PackedStage2(FastStage2(first).to(device), models, gens), loss_fn=loss_fn,
+                       optimizers=optimizers, inputs=h3, targets=yd, bf16=bf16)
+    for model in models:
+        model.train()
+    orders = [torch.Generator().manual_seed(100 + k) for k in range(members)]
+
+    def batches(n_steps: int) -> list[list[torch.Tensor]]:
+        out: list[list[torch.Tensor]] = []
+        for gen in orders:
+            mine: list[torch.Tensor] = []
+            while len(mine) < n_steps:
+                mine += batch_slices(torch.randperm(x.shape[0], generator=gen).to(device), batch_size)[:-1]
+            out.append(mine[:n_steps])
+        return out
+
+    everyone = list(range(members))
+    runner.epoch(batches(3), everyone)[0].sum().item()      # warm-up
+    todo = batches(steps)
+    sync(device)
+    t0 = time.perf_counter()
+    loss, finite = runner.epoch(todo, everyone)
+    loss.sum().item(), finite.all().item()
+    return steps * batch_size * members / (time.perf_counter() - t0)
+
+
 def stage1_throughput(x, device, batch_size, steps, channels_last, cuda_graph=False) -> float:
     """Stage-1 training samples/s (whole backbone + binary head) with our step loop."""
     import torch.nn.functional as F
@@ -171,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                     help="graph our step on CUDA (default: on for cuda, as train.cuda_graphs)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for our step")
+    ap.add_argument("--members", type=int, nargs="+", default=[5],
+                    help="pack sizes to time (train.runs_per_job); the last line compares the first one")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -197,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reference loop (DataLoader, full forward, per-batch .item()/.cpu()): {ref:,.0f} samples/s")
     print(f"our trainer step (resident h3, exact fast path, one sync per pass, cuda_graph={graph}, "
           f"bf16={args.bf16}): {ours:,.0f} samples/s")
+    packs = {k: packed_loop(x, y, device, args.batch_size, max(10, args.steps // k), counts, k, bf16=args.bf16)
+             for k in args.members}
+    for k, rate in packs.items():
+        print(f"our pack of {k} runs (one batched step for all members, bf16={args.bf16}): {rate:,.0f} samples/s "
+              f"(all members), {rate / ref:.2f}x the reference loop")
     print(f"our one-off frozen-prefix pass over {x.shape[0]} blocks: {prefix_s:.2f} s "
           f"({x.shape[0] / prefix_s:,.0f} blocks/s)")
     epoch_ref = x.shape[0] / ref
@@ -212,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             s1 = stage1_throughput(x, device, 256, args.stage1_steps, cl, graph)
             print(f"stage 1 training (channels_last={cl}, cuda_graph={graph}): {s1:,.0f} samples/s; "
                   f"20,000-block epoch {20_000 / s1:.1f} s")
-    print(f"speedup: {ours / ref:.2f}")
+    print(f"speedup of one run alone: {ours / ref:.2f}")
+    print(f"speedup: {packs[args.members[0]] / ref:.2f}")
     return 0
 
 

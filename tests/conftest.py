@@ -71,6 +71,9 @@ def tiny_config(tiny_npz, tmp_path) -> Path:
 
 
 def job_counts(output: str) -> dict[str, int]:
-    """The "Job stats" table Snakemake prints before it runs (or dry-runs) a DAG, as {rule: count}."""
+    """The "Job stats" table Snakemake prints before it runs (or dry-runs) a DAG, as {rule: count}, plus "train":
+    the number of training jobs (one rule per job, ``train_<arm>_<seeds>``)."""
     table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
+    training = sum(n for rule, n in counts.items() if rule.startswith("train_"))
+    return {**counts, "train": training} if training else counts

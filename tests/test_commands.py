@@ -29,7 +29,9 @@ EXAMPLES = {
     "split": ["--config", "c.yaml", "--out", "o"],
     "model-summary": ["--stage1", "s.pt", "--reduction", "2", "--json"],
     "train-stage1": ["--config", "c.yaml", "--out", "o"],
-    "train": ["--config", "c.yaml", "--arm", "a", "--seed", "3", "--stage1", "s.pt", "--out", "o"],
+    "features": ["--config", "c.yaml", "--stage1", "s.pt", "--out", "f.pt"],
+    "train": ["--config", "c.yaml", "--arm", "a", "--seed", "3", "4", "--stage1", "s.pt", "--out", "o3", "o4",
+              "--features", "f.pt"],
     "aggregate": ["--config", "c.yaml", "--runs", "r", "--out", "o"],
     "unlock": ["--results", "r"],
 }
@@ -48,7 +50,8 @@ def test_every_subcommand_calls_its_command_with_every_option():
         inspect.signature(args.func).bind(**kwargs)  # raises TypeError on a name the command does not take
         assert args.func is getattr(commands, name.replace("-", "_")), name
     train = _arguments(build_parser().parse_args(["train", *EXAMPLES["train"]]))
-    assert train == {"config": "c.yaml", "arm": "a", "seed": 3, "stage1": "s.pt", "out": "o"}
+    assert train == {"config": "c.yaml", "arm": "a", "seed": [3, 4], "stage1": "s.pt", "out": ["o3", "o4"],
+                     "features": "f.pt"}
 
 
 # ------------------------------------------------------------------------------------------- printing

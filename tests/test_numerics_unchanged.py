@@ -1,9 +1,11 @@
-"""Training numerics unchanged by the redesign of the trainer (issue 14).
+"""Training numerics unchanged by the redesign of the trainer (issue 14) and by the features file and packs (15).
 
 The source of the commit before the redesign is extracted with ``git archive`` and the same short trainings run
 through its CLI and through the current CLI, in subprocesses, on the same tiny data, config and Stage-1
 checkpoint: Stage 2 twice (``rebalance: loss_weights``, which permutes the data each epoch, and ``both``, which
-draws class-balanced samples and weights the loss) and Stage 1 once. history.csv (every column but the wall-clock
+draws class-balanced samples and weights the loss) and Stage 1 once. The current Stage 2 runs both ways: computing
+the frozen-prefix features itself, and the workflow's way (``lossablation features`` writes the file, ``train
+--features`` reads it: a pack of one run). history.csv (every column but the wall-clock
 ``seconds``), the metric blocks of metrics.json, the predictions and the trained weights must be identical.
 Skipped (with the reason) only where the repository's git history is not available.
 """
@@ -24,10 +26,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_training import synthetic_blockset, write_config
+from test_training import write_config, write_inputs
 
-from lossablation.data.blocks import save_npz
-from lossablation.model.networks import Stage1Model, stage1_checkpoint_dict
 
 REPO = Path(__file__).resolve().parents[1]
 BEFORE = "21c0f722bb8407320b3aea45dd18548250d71ee2"   # the last commit before the redesign
@@ -56,11 +56,7 @@ def before_src(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("numerics")
-    dataset = root / "blocks.npz"
-    save_npz(dataset, synthetic_blockset(600, seed=5))
-    torch.manual_seed(0)
-    stage1 = root / "stage1_model_best.pt"
-    torch.save(stage1_checkpoint_dict(Stage1Model(), epoch=1, best_f1=0.5), stage1)
+    dataset, stage1 = write_inputs(root, 600, seed=5)
     small_stage1 = write_config(root, dataset)
     cfg = yaml.safe_load(small_stage1.read_text())
     cfg["stage1"].update(max_train_blocks=128, batch_size=32)          # two short epochs of the ResNet
@@ -98,23 +94,28 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("rebalance, arm", [("loss_weights", "baseline"), ("both", "poly")])
 def test_stage2_training_identical_before_and_after(before_src, inputs, rebalance, arm):
+    root, config = inputs["root"], inputs[rebalance]
+    features = root / f"features_{rebalance}.pt"
+    cli(REPO / "src", root, "features", "--config", config, "--stage1", inputs["stage1"], "--out", features)
     outs = {}
-    for label, src in (("before", before_src), ("after", REPO / "src")):
-        outs[label] = inputs["root"] / f"{label}_{rebalance}"
-        cli(src, inputs["root"], "train", "--config", inputs[rebalance], "--arm", arm, "--seed", 2,
-            "--stage1", inputs["stage1"], "--out", outs[label])
-    before, after = outs["before"], outs["after"]
-    assert len(history(after)) == 3
-    assert history(after) == history(before)
-    m_before, m_after = (json.loads((f / "metrics.json").read_text()) for f in (before, after))
-    assert {k: m_after[k] for k in STAGE2_KEYS} == {k: m_before[k] for k in STAGE2_KEYS}
-    assert m_after["val"] is not None and m_after["test"] is not None
-    with np.load(before / "predictions.npz") as a, np.load(after / "predictions.npz") as b:
-        # since issue 13 a run also records each block's quantizer level (val_qp, test_qp); nothing else is new
-        assert sorted(set(b.files) - set(a.files)) == ["test_qp", "val_qp"] and set(a.files) <= set(b.files)
-        for key in a.files:
-            assert np.array_equal(a[key], b[key]), key
-    assert_same_weights(weights(before / "model.pt"), weights(after / "model.pt"))
+    for label, src, extra in (("before", before_src, ()), ("after", REPO / "src", ()),
+                              ("after_features_file", REPO / "src", ("--features", features))):
+        outs[label] = root / f"{label}_{rebalance}"
+        cli(src, root, "train", "--config", config, "--arm", arm, "--seed", 2, "--stage1", inputs["stage1"],
+            "--out", outs[label], *extra)
+    before = outs["before"]
+    for after in (outs["after"], outs["after_features_file"]):
+        assert len(history(after)) == 3
+        assert history(after) == history(before)
+        m_before, m_after = (json.loads((f / "metrics.json").read_text()) for f in (before, after))
+        assert {k: m_after[k] for k in STAGE2_KEYS} == {k: m_before[k] for k in STAGE2_KEYS}
+        assert m_after["val"] is not None and m_after["test"] is not None
+        with np.load(before / "predictions.npz") as a, np.load(after / "predictions.npz") as b:
+            # since issue 13 a run also records each block's quantizer level (val_qp, test_qp); nothing else is new
+            assert sorted(set(b.files) - set(a.files)) == ["test_qp", "val_qp"] and set(a.files) <= set(b.files)
+            for key in a.files:
+                assert np.array_equal(a[key], b[key]), key
+        assert_same_weights(weights(before / "model.pt"), weights(after / "model.pt"))
 
 
 def test_stage1_training_identical_before_and_after(before_src, inputs):

@@ -6,7 +6,6 @@ The fault matrix these tests prove is written out in docs/reliability.md.
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import subprocess

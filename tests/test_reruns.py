@@ -110,3 +110,17 @@ def test_the_sweeps_runs_record_hashes_that_pool_only_under_their_config(finishe
     cfg["train"]["lr_head"] = 0.0002
     with pytest.raises(LossAblationError, match="protocol hash differs from the config's"):
         check_poolable(runs, cfg)
+
+
+def test_packing_seeds_retrains_every_run_in_fewer_jobs(finished):
+    """`train.runs_per_job` is part of the protocol (a member's numbers equal its solo run's to float rounding):
+    2 arms x 2 seeds become 2 jobs of 2 runs; the features file and Stage 1 stay."""
+    counts = planned(finished, lambda cfg: cfg["train"].update(runs_per_job=2))
+    assert counts.get("train") == 2 and counts.get("train_baseline_seed1_2") == 1, counts
+    assert "features" not in counts and "stage1" not in counts, counts
+
+
+def test_the_features_are_redone_only_when_what_they_depend_on_changes(finished):
+    assert "features" not in planned(finished, lambda cfg: cfg["train"].update(lr_head=0.0002))
+    counts = planned(finished, lambda cfg: cfg["train"].update(eval_batch_size=4096))
+    assert counts.get("features") == 1 and counts.get("train") == 4, counts

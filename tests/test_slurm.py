@@ -189,11 +189,14 @@ def test_cancelled_job_fails_the_run_and_reruns_next_time(cluster, profile, tmp_
 
 def test_tiny_sweep_of_the_real_workflow(cluster, profile, tiny_config, tmp_path):
     """The command users type, on the real Snakefile with the shipped `device: auto`: a tiny sweep (conftest's
-    tiny_config: 2 arms x 2 seeds + Stage 1) via sbatch. SLURM itself must show a GPU allocated to each training
-    job; on the fake-GPU node CUDA cannot use it, so each run trains on CPU with a WARNING and records
-    `gpu_requested_but_cpu_used` (the outcome chosen in docs/cluster.md, "GPUs")."""
+    tiny_config: 2 arms x 2 seeds + Stage 1) via sbatch, with both seeds of an arm trained in one job
+    (`train.runs_per_job: 2`): fewer SLURM jobs than runs, every run's outputs present. SLURM itself must show a
+    GPU allocated to each GPU job (Stage 1, features, training); on the fake-GPU node CUDA cannot use it, so each
+    job trains on CPU with a WARNING and each run records `gpu_requested_but_cpu_used` (the outcome chosen in
+    docs/cluster.md, "GPUs")."""
     config = yaml.safe_load(tiny_config.read_text())
     config["device"] = "auto"
+    config["train"]["runs_per_job"] = 2
     tiny_config.write_text(yaml.safe_dump(config))
     results = Path(config["results"])
     t0 = time.monotonic()
@@ -203,8 +206,9 @@ def test_tiny_sweep_of_the_real_workflow(cluster, profile, tiny_config, tmp_path
     print(f"\n[slurm] tiny sweep: {wall:.1f} s")
     pairs = record_jobs("tiny_sweep", res.stderr)
     submitted_rules = re.findall(r"^rule (\w+):", res.stderr, flags=re.M)
-    assert sorted(set(submitted_rules)) == ["stage1", "train"], submitted_rules  # localrules ran locally
-    assert len(pairs) == len(submitted_rules) == 5, res.stderr[-3000:]
+    training_jobs = ["train_baseline_seed1_2", "train_poly_seed1_2"]
+    assert sorted(set(submitted_rules)) == sorted(["features", "stage1", *training_jobs]), submitted_rules
+    assert len(pairs) == len(submitted_rules) == 4, res.stderr[-3000:]      # localrules ran locally
     for _, jobid in pairs:
         info = slurm_job(jobid)
         assert info["JobState"] == "COMPLETED", (jobid, info.get("JobState"))
@@ -215,14 +219,17 @@ def test_tiny_sweep_of_the_real_workflow(cluster, profile, tiny_config, tmp_path
         for ext in ("md", "csv", "tex"):
             assert (results / "tables" / f"{table}.{ext}").stat().st_size > 0
     metrics = sorted((results / "runs").glob("*/seed*/metrics.json"))
-    assert len(metrics) == 4
+    assert len(metrics) == 4 > sum(rule.startswith("train_") for rule in submitted_rules) == 2   # 4 runs, 2 jobs
     for path in metrics:
+        for name in ("predictions.npz", "history.csv", "model.pt"):
+            assert (path.parent / name).stat().st_size > 0, path.parent / name
         provenance = json.loads(path.read_text())["provenance"]
+        assert provenance["pack"] == {"seeds": [1, 2], "runs_per_job": 2}, path
         assert provenance["gpu_requested_but_cpu_used"] is True, path
         assert provenance["device"].startswith("cpu"), provenance["device"]
         assert set(provenance["hashes"]) == {"protocol", "loss", "split", "dataset_fingerprint", "stage1_sha256"}
-    logs = sorted((results / "logs" / "train").glob("*/seed*.log")) + [results / "logs" / "stage1.log"]
-    assert len(logs) == 5
-    for log in logs:
+    logs = sorted((results / "logs" / "train").glob("*/seed1+2.log"))
+    assert len(logs) == 2
+    for log in logs + [results / "logs" / "stage1.log", results / "logs" / "features.log"]:
         warnings = [line for line in log.read_text().splitlines() if " WARNING device: auto: a GPU was allocated" in line]
         assert len(warnings) == 1, (log, log.read_text()[-2000:])

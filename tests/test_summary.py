@@ -247,12 +247,12 @@ def test_a_damaged_test_qp_is_one_line_naming_the_file(tmp_path):
 
 def test_splits_carry_the_demo_cq_levels():
     from lossablation.data.splits import make_splits
-    from lossablation.train.stage2 import stage2_qp
+    from lossablation.train.features import stage2_blocks
 
     cfg = load_config(ROOT / "config" / "config.yaml")
     splits = make_splits(cfg)
     assert sorted(np.unique(splits.test.qp)) == [16, 28, 40, 52]
-    qp = stage2_qp(splits.test, cfg["classes"])
+    qp = stage2_blocks(splits.test, cfg["classes"])[2].numpy()
     assert qp.shape[0] < splits.test.qp.shape[0] and set(np.unique(qp)) <= {16, 28, 40, 52}
 
 
@@ -265,7 +265,8 @@ def test_real_training_writes_test_qp_and_aggregation_breaks_it_down(tiny_npz, t
     from lossablation.analysis.runs import read_run
     from lossablation.data.splits import make_splits
     from lossablation.model.networks import Stage1Model, stage1_checkpoint_dict
-    from lossablation.train.stage2 import stage2_qp, train_stage2
+    from lossablation.train.features import stage2_blocks
+    from lossablation.train.stage2 import train_stage2
 
     cfg = load_config(tiny_sweep_config(tiny_npz, tmp_path / "results", arms=("baseline",), seeds=(1,),
                                         max_epochs=1), check_paths=False)
@@ -276,7 +277,7 @@ def test_real_training_writes_test_qp_and_aggregation_breaks_it_down(tiny_npz, t
     train_stage2(cfg, "baseline", 1, ckpt, tmp_path / "runs" / "baseline" / "seed1", splits=splits)
     with np.load(tmp_path / "runs" / "baseline" / "seed1" / "predictions.npz") as z:
         for side in ("val", "test"):
-            assert np.array_equal(z[f"{side}_qp"], stage2_qp(getattr(splits, side), cfg["classes"]))
+            assert np.array_equal(z[f"{side}_qp"], stage2_blocks(getattr(splits, side), cfg["classes"])[2].numpy())
             assert z[f"{side}_qp"].shape == z[f"{side}_labels"].shape
     run = read_run(tmp_path / "runs", "baseline", 1)
     assert len(run.qp_scores) >= 2 and set(run.qp_scores["qp"]) <= {16, 28, 40, 52}

@@ -60,15 +60,21 @@ def write_config(folder: Path, dataset: Path, **train) -> Path:
     return path
 
 
+def write_inputs(root: Path, n_blocks: int, seed: int = 0) -> tuple[Path, Path]:
+    """A synthetic dataset of ``n_blocks`` (``blocks.npz``) and a random Stage-1 checkpoint (torch seed 0) in
+    ``root``: (dataset, checkpoint)."""
+    dataset = root / "blocks.npz"
+    save_npz(dataset, synthetic_blockset(n_blocks, seed=seed))
+    torch.manual_seed(0)
+    ckpt = root / "stage1_model_best.pt"
+    torch.save(stage1_checkpoint_dict(Stage1Model(), epoch=1, best_f1=0.5), ckpt)
+    return dataset, ckpt
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("training")
-    dataset = root / "blocks.npz"
-    save_npz(dataset, synthetic_blockset(1200))
-    torch.manual_seed(0)
-    stage1 = Stage1Model()
-    ckpt = root / "stage1_model_best.pt"
-    torch.save(stage1_checkpoint_dict(stage1, epoch=1, best_f1=0.5), ckpt)
+    dataset, ckpt = write_inputs(root, 1200)
     return {"root": root, "dataset": dataset, "stage1": ckpt, "config": write_config(root, dataset)}
 
 

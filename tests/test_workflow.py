@@ -18,6 +18,9 @@ import yaml
 
 from conftest import job_counts, tiny_sweep_config
 
+from lossablation.config import load_config
+from lossablation.jobs import train_jobs
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -134,27 +137,28 @@ def test_second_sweep_on_one_results_folder_is_refused_and_a_killed_sweep_recove
 
 # ------------------------------------------------------------------------------------------- GPUs by default
 def planned_gpus(output: str) -> dict[str, list[int]]:
-    """{rule: [gpu=... of each planned job]} from `snakemake -n` output (0 for a job that requests none)."""
+    """{rule: [gpu=... of each planned job]} from `snakemake -n` output (0 for a job that requests none); the
+    training jobs (one rule each, ``train_<arm>_<seeds>``) under "train"."""
     plan: dict[str, list[int]] = {}
     blocks = re.split(r"^(?:local)?rule (\w+):$", output, flags=re.M)
     for rule, block in zip(blocks[1::2], blocks[2::2]):
         if rule != "all":
             gpu = re.search(r"^\s+resources: .*\bgpu=(\d+)", block.split("\n\n", 1)[0], re.M)
-            plan.setdefault(rule, []).append(int(gpu.group(1)) if gpu else 0)
+            plan.setdefault("train" if rule.startswith("train_") else rule, []).append(int(gpu.group(1)) if gpu else 0)
     return plan
 
 
 @pytest.mark.parametrize("configfile", ["config/config.yaml", "config/protocol.yaml"])
 def test_the_slurm_profile_plans_a_gpu_for_every_training_job(tmp_path, configfile):
-    """`device: auto` (both shipped configs) on this GPU-less host: one GPU per train job and Stage 1."""
+    """`device: auto` (both shipped configs) on this GPU-less host: one GPU per train job, features and Stage 1."""
     assert yaml.safe_load((REPO / configfile).read_text())["device"] == "auto"
     result = snakemake("--profile", "profiles/slurm", "--cores", "4", "-n", "--configfile", configfile,
                        "--config", f"results={tmp_path / 'results'}")
     assert result.returncode == 0, result.stderr[-3000:]
     plan = planned_gpus(result.stdout)
-    n_runs = len(yaml.safe_load((REPO / configfile).read_text())["losses"]) * len(
-        yaml.safe_load((REPO / configfile).read_text()).get("seeds", [1, 2, 3]))
-    assert plan["train"] == [1] * n_runs and plan["stage1"] == [1], plan
+    cfg = load_config(REPO / configfile, check_paths=False)
+    n_jobs = len(train_jobs(list(cfg["losses"]), cfg["seeds"], cfg["train"]["runs_per_job"]))
+    assert plan["train"] == [1] * n_jobs and plan["stage1"] == plan["features"] == [1], plan
     assert set(plan["split"] + plan["aggregate"] + plan["figures"]) == {0}, plan
     assert "cpus_per_task" not in result.stdout, "threads become --cpus-per-task; the resource would override them"
 

@@ -66,12 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True, help="output folder")
 
-    p = command("train", commands.train, "train one (arm, seed) Stage-2 run")
+    p = command("features", commands.features, "frozen-prefix features (h3) of the split's Stage-2 blocks")
+    p.add_argument("--config", required=True)
+    p.add_argument("--stage1", required=True, help="Stage-1 checkpoint (v7 layout)")
+    p.add_argument("--out", required=True, help="features file (.pt)")
+
+    p = command("train", commands.train, "train one (arm, seed) Stage-2 run, or several seeds as one pack")
     p.add_argument("--config", required=True)
     p.add_argument("--arm", required=True)
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--seed", type=int, nargs="+", required=True, help="one seed, or the seeds of a pack")
     p.add_argument("--stage1", required=True, help="Stage-1 checkpoint (v7 layout)")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", nargs="+", required=True, help="run folder (one per seed)")
+    p.add_argument("--features", default=None, help="features file of `lossablation features` (default: computed)")
 
     p = command("aggregate", commands.aggregate, "paired statistics, tables, figures and verdicts over all runs")
     p.add_argument("--config", required=True)

@@ -156,19 +156,47 @@ def train_stage1(config: ConfigArg, out: PathArg) -> int:
     return 0
 
 
-def train(config: ConfigArg, arm: str, seed: int, stage1: PathArg, out: PathArg) -> int:
-    """Train one (arm, seed) Stage-2 run into the run folder ``out`` (resuming from its ``state.pt``)."""
+def features(config: ConfigArg, stage1: PathArg, out: PathArg) -> int:
+    """Compute the frozen-prefix features (h3) of every Stage-2 block of the split into the file ``out``."""
     from lossablation.config import load_config
-    from lossablation.io import ensure_writable_dir
-    from lossablation.train.stage2 import train_stage2
+    from lossablation.train.environment import set_cpu_threads, set_determinism, torch_device
+    from lossablation.train.features import compute_features, save_features
 
     cfg = load_config(config)
-    ensure_writable_dir(out, "run folder")
-    metrics = train_stage2(cfg, arm=arm, seed=int(seed), stage1_path=stage1, out_dir=out)
-    val = metrics["val"]["macro_f1"] if metrics["val"] else float("nan")
-    test = metrics["test"]["macro_f1"] if metrics["test"] else float("nan")
-    log.info("%s/seed%s: %s, selected epoch %s, val macro F1 %.4f, test %.4f -> %s", arm, seed, metrics["status"],
-             metrics["selected_epoch"], val, test, out)
+    device = torch_device(cfg)
+    set_determinism(cfg["train"]["deterministic"])
+    set_cpu_threads(cfg["resources"]["stage1_cpus"])
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    feats = compute_features(cfg, stage1, device)
+    save_features(out, feats)
+    sizes = ", ".join(f"{side} {f.y.shape[0]}" for side, f in feats.sides.items())
+    log.info("features: h3 of the Stage-2 blocks (%s) -> %s", sizes, out)
+    return 0
+
+
+def train(config: ConfigArg, arm: str, seed: int | Sequence[int], stage1: PathArg, out: PathArg | Sequence[PathArg],
+          features: PathArg | None = None) -> int:
+    """Train the (arm, seed) Stage-2 run into the run folder ``out`` (resuming from its ``state.pt``); with several
+    seeds and as many folders, train them together as one pack (``lossablation.train.pack``). ``features``: the
+    frozen-prefix features file (rule features); without it they are computed here."""
+    from lossablation.config import load_config
+    from lossablation.io import ensure_writable_dir
+    from lossablation.train.pack import train_stage2_pack
+
+    seeds = [int(seed)] if isinstance(seed, (int, str)) else [int(s) for s in seed]
+    outs = [out] if isinstance(out, (str, os.PathLike)) else list(out)
+    if len(outs) != len(seeds) or len(set(seeds)) != len(seeds):
+        raise LossAblationError(f"--out: one run folder per --seed and distinct seeds (got {len(seeds)} seeds, "
+                                f"{len(outs)} folders)")
+    cfg = load_config(config)
+    for folder in outs:
+        ensure_writable_dir(folder, "run folder")
+    all_metrics = train_stage2_pack(cfg, arm, seeds, stage1, outs, features_path=features)
+    for seed_, folder, metrics in zip(seeds, outs, all_metrics):
+        val = metrics["val"]["macro_f1"] if metrics["val"] else float("nan")
+        test = metrics["test"]["macro_f1"] if metrics["test"] else float("nan")
+        log.info("%s/seed%s: %s, selected epoch %s, val macro F1 %.4f, test %.4f -> %s", arm, seed_,
+                 metrics["status"], metrics["selected_epoch"], val, test, folder)
     return 0
 
 

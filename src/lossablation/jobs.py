@@ -14,10 +14,11 @@ changed: a protocol key every run, one arm's loss that arm's runs, a seed or an 
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from lossablation.commands import error_line, logging_to_stderr
 from lossablation.errors import LossAblationError
@@ -40,6 +41,15 @@ def gpus_per_job(cfg: Mapping[str, Any]) -> int:
     return 0 if cfg["device"] == "cpu" else 1
 
 
+def gpu_request(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The GPU resources of a GPU job (Stage 1, features, training): ``gpu=1`` (SLURM ``--gpus=1``, and the local
+    ``--resources gpu=N`` count), or with ``resources.gpu_gres`` set, ``gres=<it>`` and ``gpu=0`` (SLURM
+    ``--gres``, for clusters that refuse ``--gpus``; the plugin refuses both at once). None when ``device: cpu``."""
+    gpus = gpus_per_job(cfg)
+    gres = cfg["resources"]["gpu_gres"]
+    return {"gpu": 0, "gres": gres} if gpus and gres else {"gpu": gpus}
+
+
 def split_protocol(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """What the split (and the dataset fingerprint) depends on."""
     return {"dataset": cfg["dataset"], "split": cfg["split"], "classes": cfg["classes"]}
@@ -51,16 +61,52 @@ def stage1_protocol(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "device": cfg["device"], "train": {key: cfg["train"][key] for key in STAGE1_TRAIN_KEYS}}
 
 
+def features_protocol(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything the frozen-prefix features depend on besides the Stage-1 checkpoint (an input): rule features'
+    ``params``."""
+    return {**split_protocol(cfg), "device": cfg["device"],
+            "train": {key: cfg["train"][key] for key in ("eval_batch_size", "deterministic")}}
+
+
+def seed_packs(seeds: Sequence[int], runs_per_job: int) -> list[list[int]]:
+    """The seeds each training job of an arm trains together: consecutive chunks of ``runs_per_job`` seeds."""
+    seeds = [int(seed) for seed in seeds]
+    return [seeds[i:i + runs_per_job] for i in range(0, len(seeds), runs_per_job)]
+
+
+def pack_label(pack: Sequence[int]) -> str:
+    """``seed3`` for a one-run job, ``seed1+2+3`` for a pack: the job's log and benchmark file names."""
+    return "seed" + "+".join(str(seed) for seed in pack)
+
+
+def train_jobs(arms: Sequence[str], seeds: Sequence[int], runs_per_job: int) -> list[tuple[str, str, list[int]]]:
+    """(rule name, arm, seeds) of every training job of the sweep. Names are ``train_<arm>_<seeds>`` made of
+    word characters (Snakemake prints them in its job table), with a number appended should two arms' names
+    differ only in other characters."""
+    jobs, taken = [], set()
+    for arm in arms:
+        for pack in seed_packs(seeds, runs_per_job):
+            name = re.sub(r"\W", "_", f"train_{arm}_{pack_label(pack)}")
+            base, n = name, 1
+            while name in taken:
+                n += 1
+                name = f"{base}_{n}"
+            taken.add(name)
+            jobs.append((name, arm, pack))
+    return jobs
+
+
 def job_config(protocol: Mapping[str, Any], **keys: Any) -> dict:
     """A complete config for one job from its rule's ``params`` (``protocol``) and ``keys`` (``losses``,
     ``resources``...); the schema's defaults fill the rest when the command loads it."""
     return {"losses": NO_ARM, "baseline": next(iter(NO_ARM)), **protocol, **keys}
 
 
-def stage2_config(protocol: Mapping[str, Any], *, arm: str, seed: int, threads: int) -> dict:
-    """The config of one Stage-2 run from rule train's ``params.protocol``: its arm is the only arm."""
+def stage2_config(protocol: Mapping[str, Any], *, arm: str, seeds: Sequence[int], threads: int) -> dict:
+    """The config of one training job from its rule's ``params.protocol``: its arm is the only arm, its seeds
+    (its pack) the only seeds."""
     sections = {key: value for key, value in protocol.items() if key != "loss"}
-    return job_config(sections, losses={arm: protocol["loss"]}, baseline=arm, seeds=[int(seed)],
+    return job_config(sections, losses={arm: protocol["loss"]}, baseline=arm, seeds=[int(s) for s in seeds],
                       resources={"train_cpus": int(threads)})
 
 

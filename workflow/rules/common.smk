@@ -15,7 +15,7 @@ FIGURES = [key for key in OUTPUTS if key.startswith("fig")]
 # One GPU for each training job and Stage 1 unless the config says `device: cpu` (docs/cluster.md, "GPUs").
 # `device: auto` is NOT resolved here, on the host that plans the sweep (a cluster's login node has no GPU):
 # the job resolves it where it runs (lossablation.train.environment.torch_device).
-GPUS_PER_JOB = jobs.gpus_per_job(config)
+GPU_REQUEST = jobs.gpu_request(config)
 # What aggregation and figures may read: the whole config but job sizes (`resources`), as their rules' params,
 # so that an aggregation-only key (`baseline`, an arm's `hypothesis`) redoes them, and only them.
 ANALYSIS_CONFIG = {key: value for key, value in config.items() if key != "resources"}
@@ -29,6 +29,15 @@ wildcard_constraints:
 def stage1_checkpoint():
     """The user's Stage-1 checkpoint, or the one this sweep trains."""
     return config["stage1_checkpoint"] or f"{R}/stage1/stage1_model_best.pt"
+
+
+# Every training job: (rule name, arm, the seeds it trains together), lossablation.jobs.train_jobs.
+TRAIN_JOBS = jobs.train_jobs(ARMS, SEEDS, config["train"]["runs_per_job"])
+
+
+def run_files(arm, pack, name):
+    """The file ``name`` of each run folder of a training job."""
+    return [f"{R}/runs/{arm}/seed{seed}/{name}" for seed in pack]
 
 
 def run_metrics():
@@ -49,9 +58,3 @@ def reported(keys, category, shown_suffixes):
                 path = report(path, caption=f"../report/{key}.rst", category=category, subcategory=key)
             files.append(path)
     return files
-
-
-def train_protocol(wildcards):
-    """Everything a training run's numbers depend on (its arm's loss + the shared protocol): `params` of rule
-    train, so that a change of any of it, and only of it, reruns the run (Snakemake's default `params` trigger)."""
-    return run_protocol(config, wildcards.arm)

@@ -21,7 +21,7 @@ if not config["stage1_checkpoint"]:
             protocol=jobs.stage1_protocol(config),
         threads: config["resources"]["stage1_cpus"]
         resources:
-            gpu=GPUS_PER_JOB,
+            **GPU_REQUEST,
             runtime=lambda wildcards, attempt: config["resources"]["stage1_runtime_min"] * attempt,
             mem_mb=config["resources"]["stage1_mem_mb"],
         conda:

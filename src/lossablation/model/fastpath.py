@@ -187,16 +187,21 @@ class FastStage2(nn.Module):
         return self.model.head(h)  # average pooling of a 1x1 map is the identity on (N, C)
 
 
-@torch.no_grad()
 def compute_h3(model: Stage2Model, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
+    """:func:`prefix_features` of ``model``'s frozen backbone."""
+    return prefix_features(model.backbone, x, batch_size)
+
+
+@torch.no_grad()
+def prefix_features(backbone: ImprovedBackbone, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
     """The frozen prefix output h3 = SE3(layer3(...)) as (N, 256), in batches, on x's device.
 
     Uses ``no_grad`` (not ``inference_mode``): h3 is later an input of autograd graphs.
     """
     if tuple(x.shape[1:]) != (1, 16, 16):
         raise ValueError(f"compute_h3: expected (N, 1, 16, 16) inputs, got {tuple(x.shape)}")
-    model.backbone.eval()
-    prefix = FastPrefix(model.backbone).to(x.device)
+    backbone.eval()
+    prefix = FastPrefix(backbone).to(x.device)
     parts = [prefix(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
     if not parts:
         return x.new_zeros((0, 256))

@@ -104,11 +104,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state(order_gen: torch.Generator) -> dict[str, Any]:
-    """Every random stream of the run, as tensors and plain ints / floats / strings."""
+def rng_state(order_gen: torch.Generator, torch_gen: torch.Generator | None = None) -> dict[str, Any]:
+    """Every random stream of the run, as tensors and plain ints / floats / strings. ``torch_gen``: the run's own
+    generator standing for torch's global one (a member of a pack draws its dropout masks from it)."""
     name, keys, pos, has_gauss, cached_gauss = np.random.get_state()
     state = {
-        "torch": torch.get_rng_state(),
+        "torch": torch.get_rng_state() if torch_gen is None else torch_gen.get_state(),
         "numpy": (str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached_gauss)),
         "python": random.getstate(),
         "order": order_gen.get_state(),
@@ -118,8 +119,12 @@ def rng_state(order_gen: torch.Generator) -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: Mapping[str, Any], order_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
+def set_rng_state(state: Mapping[str, Any], order_gen: torch.Generator,
+                  torch_gen: torch.Generator | None = None) -> None:
+    if torch_gen is None:
+        torch.set_rng_state(state["torch"])
+    else:
+        torch_gen.set_state(state["torch"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     random.setstate(_as_tuple(state["python"]))

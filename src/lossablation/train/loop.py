@@ -51,6 +51,7 @@ class LoopSpec:
     state_path: Path
     identity: dict[str, Any]                                           # whose state ``state_path`` may hold
     on_new_best: Callable[[int, float, list[dict]], None] | None = None
+    dropout_gen: torch.Generator | None = None    # a pack member's own stream for torch's global generator
 
 
 @dataclass(kw_only=True)
@@ -75,6 +76,7 @@ class _Progress:
     bad_epochs: int = 0
     epoch: int = 0
     finished: bool = False
+    status: str = "completed"        # "diverged" once an epoch's loss was not finite (then ``finished``)
 
 
 def plateau_scheduler(optimizer: torch.optim.Optimizer,
@@ -89,40 +91,65 @@ def run_epochs(spec: LoopSpec) -> LoopResult:
     """Train until max epochs, early stopping or divergence; resumable from ``spec.state_path``."""
     progress = _resume(spec)
     resumed_from = progress.epoch
-    if progress.finished:
-        return _result(progress, status="completed", epochs_run=progress.epoch, resumed_from=resumed_from)
-    status = "completed"
-    epoch = progress.epoch
-    for epoch in range(progress.epoch + 1, spec.max_epochs + 1):
-        if not _run_epoch(spec, progress, epoch):
-            status, epoch = "diverged", epoch - 1
+    while not progress.finished:
+        _run_epoch(spec, progress, progress.epoch + 1)
+    return _result(progress, resumed_from=resumed_from)
+
+
+def run_packed_epochs(specs: list[LoopSpec],
+                      train_members: Callable[[int, list[int]], tuple[torch.Tensor, torch.Tensor]]
+                      ) -> list[LoopResult]:
+    """The epoch loop of several runs trained together (``lossablation.train.pack``): each epoch one shared
+    pass of optimizer steps, ``train_members(epoch, members)`` -> (mean loss per member, all-finite flag per
+    member) on the device, then each member's own validation, scheduler, selection, early stopping and state
+    (the same bookkeeping as :func:`run_epochs`). A member that stops (early, at max epochs, or diverged) leaves
+    the pack; the others go on. After a kill, each member resumes from its own state; a member whose state is
+    an epoch behind the others (killed between two members' state writes) trains alone until it catches up."""
+    progress = [_resume(spec) for spec in specs]
+    resumed_from = [p.epoch for p in progress]
+    while True:
+        active = [k for k, p in enumerate(progress) if not p.finished]
+        if not active:
             break
-        if progress.bad_epochs >= spec.patience:
-            log.info("%s: early stopping after epoch %d (no improvement for %d epochs)", spec.name, epoch,
-                     progress.bad_epochs)
-            break
-    return _result(progress, status=status, epochs_run=max(epoch, resumed_from), resumed_from=resumed_from)
+        epoch = min(progress[k].epoch for k in active) + 1
+        members = [k for k in active if progress[k].epoch + 1 == epoch]
+        t0 = time.perf_counter()
+        lrs = [specs[k].lrs() for k in members]
+        losses, finite = train_members(epoch, members)
+        losses, finite = losses.tolist(), finite.tolist()    # the one host sync of the epoch
+        train_seconds = time.perf_counter() - t0
+        for i, k in enumerate(members):
+            _finish_epoch(specs[k], progress[k], epoch, lrs=lrs[i], train_loss=losses[i], finite=finite[i],
+                          t0=time.perf_counter() - train_seconds)
+    return [_result(p, resumed_from=r) for p, r in zip(progress, resumed_from)]
 
 
-def _result(progress: _Progress, *, status: str, epochs_run: int, resumed_from: int) -> LoopResult:
-    return LoopResult(status=status, history=progress.history, best_epoch=progress.best_epoch,
-                      best_f1=progress.best_f1, best_state=progress.best_state, epochs_run=epochs_run,
-                      resumed_from=resumed_from)
+def _result(progress: _Progress, *, resumed_from: int) -> LoopResult:
+    return LoopResult(status=progress.status, history=progress.history, best_epoch=progress.best_epoch,
+                      best_f1=progress.best_f1, best_state=progress.best_state,
+                      epochs_run=max(progress.epoch, resumed_from), resumed_from=resumed_from)
 
 
-def _run_epoch(spec: LoopSpec, progress: _Progress, epoch: int) -> bool:
-    """One epoch: train, validate, select, log, save the state. False (and nothing recorded) when it diverged."""
+def _run_epoch(spec: LoopSpec, progress: _Progress, epoch: int) -> None:
+    """One epoch: train, then :func:`_finish_epoch`."""
     t0 = time.perf_counter()
     lrs = spec.lrs()
     loss_t, finite_t = spec.train_epoch(epoch)
-    train_loss, finite = float(loss_t.item()), bool(finite_t.item())   # the one host sync of the epoch
+    _finish_epoch(spec, progress, epoch, lrs=lrs, train_loss=float(loss_t.item()),   # the one host sync
+                  finite=bool(finite_t.item()), t0=t0)
+
+
+def _finish_epoch(spec: LoopSpec, progress: _Progress, epoch: int, *, lrs: dict[str, float], train_loss: float,
+                  finite: bool, t0: float) -> None:
+    """After an epoch's training pass: validate, step the scheduler, select, log, save the state. A non-finite
+    training or validation loss ends the run as ``diverged`` (that epoch is not recorded; the state says so)."""
     if not finite or not math.isfinite(train_loss):
         log.warning("%s: epoch %d: non-finite training loss; stopping (status diverged)", spec.name, epoch)
-        return False
+        return _diverged(spec, progress)
     val_loss, val_f1 = spec.validate()
     if not (math.isfinite(val_loss) and math.isfinite(val_f1)):
         log.warning("%s: epoch %d: non-finite validation loss; stopping (status diverged)", spec.name, epoch)
-        return False
+        return _diverged(spec, progress)
     spec.scheduler.step(val_f1)
     seconds = time.perf_counter() - t0
     progress.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_macro_f1": val_f1,
@@ -139,17 +166,25 @@ def _run_epoch(spec: LoopSpec, progress: _Progress, epoch: int) -> bool:
              train_loss, val_loss, val_f1, lr_text, seconds, " *" if progress.best_epoch == epoch else "")
     progress.epoch = epoch
     progress.finished = progress.bad_epochs >= spec.patience or epoch == spec.max_epochs
+    if progress.bad_epochs >= spec.patience:
+        log.info("%s: early stopping after epoch %d (no improvement for %d epochs)", spec.name, epoch,
+                 progress.bad_epochs)
     _save(spec, progress)
-    return True
+
+
+def _diverged(spec: LoopSpec, progress: _Progress) -> None:
+    """The run ends as ``diverged``; the epochs before stand, and a rerun of the job does not train it again."""
+    progress.status, progress.finished = "diverged", True
+    _save(spec, progress)
 
 
 def _save(spec: LoopSpec, progress: _Progress) -> None:
     save_state(spec.state_path, {
         "identity": spec.identity, "epoch": progress.epoch, "model": spec.trainable_state(),
         "optimizer": spec.optimizer.state_dict(), "scheduler": spec.scheduler.state_dict(),
-        "rng": rng_state(spec.order_gen), "history": progress.history, "best_epoch": progress.best_epoch,
+        "rng": rng_state(spec.order_gen, spec.dropout_gen), "history": progress.history, "best_epoch": progress.best_epoch,
         "best_f1": progress.best_f1, "best_state": progress.best_state, "bad_epochs": progress.bad_epochs,
-        "finished": progress.finished, "status": "completed",
+        "finished": progress.finished, "status": progress.status,
     })
 
 
@@ -164,7 +199,7 @@ def _resume(spec: LoopSpec) -> _Progress:
         spec.load_trainable_state(state["model"])
         spec.optimizer.load_state_dict(state["optimizer"])
         spec.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], spec.order_gen)
+        set_rng_state(state["rng"], spec.order_gen, spec.dropout_gen)
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise LossAblationError(f"{spec.state_path}: resume state does not fit this run "
@@ -172,7 +207,7 @@ def _resume(spec: LoopSpec) -> _Progress:
     log.info("%s: resuming after epoch %d (best epoch %s)", spec.name, state["epoch"], state["best_epoch"])
     return _Progress(history=state["history"], best_epoch=state["best_epoch"], best_f1=state["best_f1"],
                      best_state=state["best_state"], bad_epochs=state["bad_epochs"], epoch=state["epoch"],
-                     finished=bool(state["finished"]))
+                     finished=bool(state["finished"]), status=str(state["status"]))
 
 
 def progress_bar(name: str, epoch: int, i: int, n: int) -> None:

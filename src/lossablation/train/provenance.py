@@ -72,10 +72,12 @@ def _single_arm(cfg: Mapping[str, Any]) -> str | None:
 
 
 def run_provenance(*, cfg: Mapping[str, Any], device: torch.device, split_info: Mapping[str, Any],
-                   resumed_from: int, stage1_sha256: str | None = None, arm: str | None = None) -> dict[str, Any]:
+                   resumed_from: int, stage1_sha256: str | None = None, arm: str | None = None,
+                   pack: list[int] | None = None) -> dict[str, Any]:
     """Config hash, code version, packages, device (and whether a GPU given to the job went unused), dataset
     fingerprint, whether the split is block-level, the Stage-1 checkpoint (Stage 2 only), the epoch a resumed
-    run continued after (0: not resumed) and, for a Stage-2 run (``arm``, or the only arm of ``cfg``), its hashes."""
+    run continued after (0: not resumed), for a Stage-2 run (``arm``, or the only arm of ``cfg``) its hashes, and
+    for a run trained in a pack (``train.runs_per_job`` > 1) the seeds of its pack."""
     block = {"config_hash": sha256_json(cfg), "code_version": code_version(), "packages": package_versions(),
              "device": device_description(device),
              "gpu_requested_but_cpu_used": gpu_requested_but_cpu_used(cfg, device),
@@ -88,4 +90,6 @@ def run_provenance(*, cfg: Mapping[str, Any], device: torch.device, split_info: 
             block["hashes"] = run_hashes(cfg, arm, dataset_fingerprint=split_info.get("fingerprint"),
                                          stage1_sha256=stage1_sha256)
     block["resumed_from_epoch"] = resumed_from
+    if pack is not None:
+        block["pack"] = {"seeds": [int(s) for s in pack], "runs_per_job": cfg["train"]["runs_per_job"]}
     return block
