@@ -11,7 +11,7 @@ Data: resources/demo/av1_demo.npz (the Stage-2 blocks of its training split) whe
 v7-shaped data (20,000 blocks). Prints samples/s of the loops, peak memory and a last line ``speedup: X.XX``: the
 pack of ``--members`` runs (the workflow's ``train.runs_per_job``) against the reference loop.
 
-    PYTHONPATH=src python benchmarks/train_throughput.py [--steps 150] [--batch-size 128] [--device cpu] [--members 5]
+    PYTHONPATH=src python benchmarks/train_throughput.py [--steps 150] [--batch-size 128] [--device cpu] [--members 3]
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                     help="graph our step on CUDA (default: on for cuda, as train.cuda_graphs)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for our step")
-    ap.add_argument("--members", type=int, nargs="+", default=[5],
+    ap.add_argument("--members", type=int, nargs="+", default=[3],
                     help="pack sizes to time (train.runs_per_job); the last line compares the first one")
     args = ap.parse_args(argv)
     if args.threads:

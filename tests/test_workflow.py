@@ -163,6 +163,20 @@ def test_the_slurm_profile_plans_a_gpu_for_every_training_job(tmp_path, configfi
     assert "cpus_per_task" not in result.stdout, "threads become --cpus-per-task; the resource would override them"
 
 
+def test_gpu_gres_asks_gres_instead_of_gpus(tmp_path):
+    """`resources.gpu_gres` (clusters that refuse --gpus): every GPU job asks gres=<it> and gpu=0."""
+    result = snakemake("--profile", "profiles/slurm", "--cores", "4", "-n", "--config",
+                       f"results={tmp_path / 'results'}", 'resources={"gpu_gres": "gpu:a100:1"}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    blocks = re.split(r"^(?:local)?rule (\w+):$", result.stdout, flags=re.M)
+    gpu_jobs = [(rule, block.split("\n\n", 1)[0]) for rule, block in zip(blocks[1::2], blocks[2::2])
+                if rule in ("stage1", "features") or rule.startswith("train_")]
+    assert len(gpu_jobs) == 7, [rule for rule, _ in gpu_jobs]            # stage1, features, 5 training jobs
+    for rule, block in gpu_jobs:
+        assert "gres=gpu:a100:1" in block and re.search(r"\bgpu=0\b", block), (rule, block)
+    assert set(planned_gpus(result.stdout)["train"]) == {0}
+
+
 def test_plain_snakemake_plans_a_gpu_unless_the_config_says_cpu(tmp_path):
     auto = snakemake("-n", "--config", f"results={tmp_path / 'results'}")
     cpu = snakemake("-n", "--config", f"results={tmp_path / 'results'}", "device=cpu")
