@@ -34,8 +34,9 @@ def test_default_dry_run_schedules_the_sweep(tmp_path):
     result = snakemake("-n", "--config", f"results={tmp_path / 'results'}")
     assert result.returncode == 0, result.stderr + result.stdout
     counts = job_counts(result.stdout)
-    assert counts["train"] == 15
-    assert counts["stage1"] == 1
+    assert counts["train"] == 5                    # 5 arms, their 3 seeds in one job each (train.runs_per_job: 3)
+    assert counts["train_baseline_seed1_2_3"] == 1
+    assert counts["stage1"] == counts["features"] == 1
     assert counts["aggregate"] == 1
     assert counts["figures"] == 1
     assert "split_indices.npz" in result.stdout, "rule split must declare every file it writes"
@@ -53,7 +54,7 @@ def test_a_given_stage1_checkpoint_skips_stage1(tmp_path):
     result = snakemake("-n", "--config", f"stage1_checkpoint={ckpt}", f"results={tmp_path / 'results'}")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
-    assert "stage1" not in counts and counts["train"] == 15
+    assert "stage1" not in counts and counts["train"] == 5 and counts["features"] == 1
 
 
 BAD = {

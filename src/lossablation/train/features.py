@@ -13,7 +13,6 @@ runs on reading) and checked field by field; every refusal is one line naming th
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,6 @@ from lossablation.errors import LossAblationError
 from lossablation.io import atomic_write_with, sha256_file
 from lossablation.model.fastpath import prefix_features
 from lossablation.model.networks import load_stage1_model
-
-log = logging.getLogger(__name__)
 
 FORMAT = "lossablation-stage2-features-1"
 H3_WIDTH = 256
