@@ -30,7 +30,8 @@ from lossablation.model.networks import ConvAdapter, Stage2Model
 class PackedStage2:
     """Training forward of members ``models`` (K Stage2Models sharing one frozen backbone) on (K, B, 256).
 
-    Not an ``nn.Module``: it owns no parameters (the members do) and follows the members' train / eval mode.
+    Not an ``nn.Module``: it owns no parameters (the members do). Training mode only (batch statistics, dropout):
+    a member is evaluated alone, through its own ``FastStage2``.
     """
 
     def __init__(self, frozen: FastStage2, models: list[Stage2Model], generators: list[torch.Generator]) -> None:
@@ -49,8 +50,7 @@ class PackedStage2:
         h = _adapter(h3, [m.adapters["layer3"] for m in models])
         flat = self.frozen.attn(self.frozen.se4(self.frozen.layer4(h.reshape(kk * b, -1))))
         h = _adapter(flat.reshape(kk, b, -1), [m.adapters["layer4"] for m in models])
-        return _head(h, [m.head.head for m in models], [self.generators[k] for k in members], self.dropout,
-                     models[0].training)
+        return _head(h, [m.head.head for m in models], [self.generators[k] for k in members], self.dropout)
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -71,15 +71,11 @@ def _adapter(h: torch.Tensor, adapters: list[ConvAdapter]) -> torch.Tensor:
 
 
 def _batch_norm(z: torch.Tensor, norms: list[nn.BatchNorm2d]) -> torch.Tensor:
-    """Each member's BatchNorm2d on its (B, hidden) rows: batch statistics in training (and its running
-    statistics updated as the module would), running statistics in eval."""
+    """Each member's train-mode BatchNorm2d on its (B, hidden) rows: its batch statistics, and its running
+    statistics updated as the module would update them."""
     weight = _stack([n.weight for n in norms])[:, None, :]
     bias = _stack([n.bias for n in norms])[:, None, :]
     eps = norms[0].eps
-    if not norms[0].training:
-        mean = _stack([n.running_mean for n in norms])[:, None, :]
-        var = _stack([n.running_var for n in norms])[:, None, :]
-        return (z - mean) * torch.rsqrt(var + eps) * weight + bias
     mean = z.mean(dim=1, keepdim=True)
     var = z.var(dim=1, unbiased=False, keepdim=True)
     with torch.no_grad():
@@ -110,12 +106,8 @@ def _dropout(x: torch.Tensor, p: float, generators: list[torch.Generator]) -> to
 
 
 def _head(h: torch.Tensor, heads: list[nn.Sequential], generators: list[torch.Generator],
-          dropout: tuple[float, float], training: bool) -> torch.Tensor:
+          dropout: tuple[float, float]) -> torch.Tensor:
     """Stage2Head (512 -> 256 -> 128 -> 3 with ReLU and dropout) of each member on (K, B, 512)."""
-    x = F.relu(_linear(h, [hd[0] for hd in heads]))
-    if training:
-        x = _dropout(x, dropout[0], generators)
-    x = F.relu(_linear(x, [hd[3] for hd in heads]))
-    if training:
-        x = _dropout(x, dropout[1], generators)
+    x = _dropout(F.relu(_linear(h, [hd[0] for hd in heads])), dropout[0], generators)
+    x = _dropout(F.relu(_linear(x, [hd[3] for hd in heads])), dropout[1], generators)
     return _linear(x, [hd[6] for hd in heads])
