@@ -6,12 +6,14 @@ Runs the real CLI (``lossablation train`` / ``train-stage1``) as separate proces
   fixed number of epochs (early stopping off), reading epoch seconds from its ``history.csv``;
 * K runs of the ``graph`` variant started together on the same GPU for each K in ``--pack``
   (``resources.runs_per_gpu``: what Snakemake does with ``--resources gpu=K`` on one GPU);
+* one process training K seeds together as one batched model for each K in ``--packed``
+  (``train.runs_per_job``: a pack, eager on CUDA);
 * one Stage-1 epoch eager and graphed.
 
 Samples/s counts training blocks per second of a whole epoch, validation included (conservative). The
 projection: per run = start-up overhead + epochs x steady epoch seconds; the sweep = ceil(50 / K) such waves.
 
-    python benchmarks/gpu_sweep.py [--epochs 4] [--blocks 150000] [--device auto] [--pack 4,8]
+    python benchmarks/gpu_sweep.py [--epochs 4] [--blocks 150000] [--device auto] [--pack 4,8] [--packed 5,10]
 """
 
 from __future__ import annotations
@@ -73,10 +75,13 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
 
 
-def train_cmd(config: Path, arm: str, seed: int, out: Path) -> list[str]:
-    """``lossablation train`` for one (arm, seed) with the random Stage-1 checkpoint of ``make_inputs``."""
+def train_cmd(config: Path, arm: str, seed: int | list[int], out: Path | list[Path]) -> list[str]:
+    """``lossablation train`` for one (arm, seed), or a pack of seeds (one run folder each), with the random
+    Stage-1 checkpoint of ``make_inputs``."""
+    seeds, outs = (seed, out) if isinstance(seed, list) else ([seed], [out])
     return [sys.executable, "-m", "lossablation.cli", "train", "--config", str(config), "--arm", arm,
-            "--seed", str(seed), "--stage1", str(config.parent / "stage1_random.pt"), "--out", str(out)]
+            "--seed", *map(str, seeds), "--stage1", str(config.parent / "stage1_random.pt"),
+            "--out", *map(str, outs)]
 
 
 def run_summary(run: Path, wall: float) -> dict:
@@ -114,6 +119,26 @@ def time_runs(config: Path, out: Path, k: int, timeout: float) -> list[dict]:
             continue
         results.append(run_summary(run, wall))
     return results
+
+
+def time_packed(config: Path, out: Path, k: int, timeout: float) -> list[dict]:
+    """One process training seeds 1..K of ``config`` together as a pack; the members' summaries (empty on
+    failure). Their epoch seconds are the shared training pass plus each member's own validation."""
+    runs = [out / f"seed{seed}" for seed in range(1, k + 1)]
+    for run in runs:
+        run.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    proc = start(train_cmd(config, "baseline", list(range(1, k + 1)), runs), out / "train.log")
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = "timeout"
+    if rc != 0:
+        print(f"  {out}: exit {rc}; last lines:\n" + "".join(open(out / "train.log").readlines()[-8:]))
+        return []
+    wall = time.perf_counter() - t0
+    return [run_summary(run, wall) for run in runs]
 
 
 def stage1_epoch(config: Path, out: Path, timeout: float) -> dict | None:
@@ -181,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--variants", default="eager,graph,graph_bf16,compile")
     ap.add_argument("--pack", default="4,8", help="comma-separated K: runs started together on one GPU")
+    ap.add_argument("--packed", default="5,10", help="comma-separated K: seeds trained as one pack in one process")
     ap.add_argument("--stage1", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--sweep", type=int, default=0,
                     help="also run the real 5 x 10 Stage-2 sweep (early stopping on), this many runs at once")
@@ -212,6 +238,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"({total / k:,.0f} per run)  epoch {max(s['epoch_s'] for s in res):.2f} s  "
                   f"wall {max(s['wall_s'] for s in res):.1f} s", flush=True)
             rows.append((f"graph x{k}", k, res))
+    for k in [int(v) for v in args.packed.split(",") if v]:
+        config = write_config(cfg, args.out / f"config_packed{k}.yaml", {**VARIANTS["graph"], "runs_per_job": k})
+        res = time_packed(config, args.out / f"packed{k}", k, args.timeout)
+        if len(res) == k:
+            total = sum(s["samples_per_s"] for s in res)
+            print(f"{'pack of ' + str(k):>11}: {total:>9,.0f} samples/s together (one process, runs_per_job {k})  "
+                  f"epoch {max(s['epoch_s'] for s in res):.2f} s  wall {res[0]['wall_s']:.1f} s", flush=True)
+            rows.append((f"pack of {k}", k, res))
     if args.stage1:
         for name in ("eager", "graph"):
             s1 = stage1_epoch(write_config(cfg, args.out / f"config_{name}.yaml", VARIANTS[name]),

@@ -108,3 +108,15 @@ def test_a_pack_of_one_is_the_solo_run(setup):
     train_stage2(cfg, "poly", 5, setup["stage1"], root / "one_solo")
     assert_identical(comparable(root / "one"), comparable(root / "one_solo"))
     assert "pack" not in json.loads((root / "one" / "metrics.json").read_text())["provenance"]
+
+
+def test_more_seeds_than_the_configured_pack_size_is_one_line_error(setup, tmp_path):
+    config = write_config(tmp_path, setup["cfg"]["dataset"], max_epochs=1)          # runs_per_job: 1
+    proc = subprocess.run([sys.executable, "-m", "lossablation.cli", "train", "--config", str(config), "--arm",
+                           "baseline", "--seed", "1", "2", "--stage1", str(setup["stage1"]), "--out",
+                           str(tmp_path / "a"), str(tmp_path / "b")],
+                          env=fault_env(None, None, SRC), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "--seed: 2 seeds in one job, but train.runs_per_job is 1; set it to 2 or more")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

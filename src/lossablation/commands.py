@@ -189,6 +189,9 @@ def train(config: ConfigArg, arm: str, seed: int | Sequence[int], stage1: PathAr
         raise LossAblationError(f"--out: one run folder per --seed and distinct seeds (got {len(seeds)} seeds, "
                                 f"{len(outs)} folders)")
     cfg = load_config(config)
+    if len(seeds) > cfg["train"]["runs_per_job"]:   # the pack size is part of each run's protocol (config hash)
+        raise LossAblationError(f"--seed: {len(seeds)} seeds in one job, but train.runs_per_job is "
+                                f"{cfg['train']['runs_per_job']}; set it to {len(seeds)} or more")
     for folder in outs:
         ensure_writable_dir(folder, "run folder")
     all_metrics = train_stage2_pack(cfg, arm, seeds, stage1, outs, features_path=features)
