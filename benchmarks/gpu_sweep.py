@@ -128,7 +128,15 @@ def time_packed(config: Path, out: Path, k: int, timeout: float) -> list[dict]:
     for run in runs:
         run.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    proc = start(train_cmd(config, "baseline", list(range(1, k + 1)), runs), out / "train.log")
+    if not finished(start(train_cmd(config, "baseline", list(range(1, k + 1)), runs), out / "train.log"),
+                    out, timeout):
+        return []
+    wall = time.perf_counter() - t0
+    return [run_summary(run, wall) for run in runs]
+
+
+def finished(proc: subprocess.Popen, out: Path, timeout: float) -> bool:
+    """Wait for ``proc`` (killed after ``timeout`` s); on failure print the last lines of ``out``/train.log."""
     try:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -136,9 +144,7 @@ def time_packed(config: Path, out: Path, k: int, timeout: float) -> list[dict]:
         rc = "timeout"
     if rc != 0:
         print(f"  {out}: exit {rc}; last lines:\n" + "".join(open(out / "train.log").readlines()[-8:]))
-        return []
-    wall = time.perf_counter() - t0
-    return [run_summary(run, wall) for run in runs]
+    return rc == 0
 
 
 def stage1_epoch(config: Path, out: Path, timeout: float) -> dict | None:
@@ -146,13 +152,7 @@ def stage1_epoch(config: Path, out: Path, timeout: float) -> dict | None:
     t0 = time.perf_counter()
     proc = start([sys.executable, "-m", "lossablation.cli", "train-stage1", "--config", str(config),
                   "--out", str(out)], out / "train.log")
-    try:
-        rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = "timeout"
-    if rc != 0:
-        print(f"  stage 1 {out}: exit {rc}; last lines:\n" + "".join(open(out / "train.log").readlines()[-8:]))
+    if not finished(proc, out, timeout):
         return None
     rows = list(csv.DictReader(open(out / "history.csv")))
     n = json.loads((out / "metrics.json").read_text())["n_train_blocks"]
